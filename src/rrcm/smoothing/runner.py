@@ -1,0 +1,222 @@
+"""Certify a data set: one CERTIFY per example, one log row per example, resumable and shardable.
+
+Rows go to per-process part files (`<log>.part-rank<r>`) as they finish, flushed and synced, so an
+interrupted run loses at most the example in flight. Re-running the same command reads every part file,
+skips the indices already done and certifies the rest, whatever the number of processes now. When every
+index is done the parts are merged, sorted by idx, into `<log>` (written atomically) beside
+`<log>.json`, the resolved settings. Noise depends only on (seed, idx), so the merged log is the same
+whatever the batch size, process count or resume point.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..certlog import format_row, header_line, read_log
+from ..distributed import DistContext, barrier
+from ..errors import UserError
+from ..fileio import atomic_path, write_json_atomic
+from . import stats
+from .smooth import Smooth
+
+PART_SUFFIX = ".part-rank"
+
+
+@dataclass(frozen=True)
+class CertifySettings:
+    sigma: float
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch_size: int = 1000
+    seed: int = 0
+    skip: int = 1
+    max_index: int = -1  # Cohen's --max: stop at this dataset index (−1: no limit)
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def validate(self) -> None:
+        stats.validate_certify_settings(self.n0, self.n, self.alpha, self.sigma)
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.skip < 1:
+            raise UserError(f"--skip must be at least 1, got {self.skip}")
+
+
+# Settings that change the log's numbers; a resumed run must agree on all of them.
+RESULT_KEYS = ("sigma", "n0", "n", "alpha", "seed", "skip", "max_index", "precision")
+
+
+def select_indices(num_examples: int, skip: int, max_index: int) -> list[int]:
+    """Cohen et al.'s subset: every `skip`-th index, stopping at index `max_index` (−1: none)."""
+    stop = num_examples if max_index < 0 else min(num_examples, max_index)
+    return list(range(0, stop, skip))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def part_paths(log_path: Path) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(glob.escape(str(log_path)) + PART_SUFFIX + "*"))
+
+
+def _repair_torn_line(path: Path) -> None:
+    """Cut a last line that an interrupted writer left without its newline."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _done_indices(log_path: Path) -> set[int]:
+    done: set[int] = set()
+    for part in part_paths(log_path):
+        if part.stat().st_size == 0:
+            continue
+        done.update(int(i) for i in read_log(part, allow_partial_last_line=True).idx)
+    return done
+
+
+def _check_resumable(run_config_path: Path, run_config: dict[str, Any]) -> None:
+    """A previous run's settings must match on everything that changes the numbers."""
+    if not run_config_path.exists():
+        return
+    try:
+        previous = json.loads(run_config_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"cannot read {run_config_path}; delete it and the log's part files to start over") from None
+    mismatched = [k for k in RESULT_KEYS if previous.get("settings", {}).get(k) != run_config["settings"][k]]
+    if previous.get("checkpoint_sha256") != run_config["checkpoint_sha256"]:
+        mismatched.append("checkpoint")
+    if previous.get("data") != run_config["data"]:
+        mismatched.append("data")
+    if mismatched:
+        raise UserError(f"{run_config_path.with_suffix('')} was started with different {', '.join(mismatched)}; "
+                        "resume with the same settings, or write to another --out")
+
+
+def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, log_path: str | os.PathLike, *,
+                    ctx: DistContext, checkpoint_path: str | os.PathLike | None = None,
+                    data_source: dict[str, Any] | None = None, progress: bool = True) -> Path:
+    """Certify `dataset[i]` for the selected indices and write the merged log; returns its path."""
+    settings.validate()
+    log_path = Path(log_path)
+    run_config_path = log_path.with_name(log_path.name + ".json")
+    num_classes = dataset.info.num_classes
+    indices = select_indices(len(dataset), settings.skip, settings.max_index)
+    run_config = {
+        "command": "certify",
+        "rrcm_version": __version__,
+        "torch_version": torch.__version__,
+        "settings": asdict(settings),
+        "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+        "checkpoint_sha256": file_sha256(checkpoint_path) if checkpoint_path else None,
+        "data": {**dataset.info.to_dict(), **(data_source or {})},
+        "subset": {"rule": "every skip-th index below max_index (Cohen et al.)", "count": len(indices),
+                   "first": indices[:5], "last": indices[-1] if indices else None},
+        "max_radius": stats.max_certifiable_radius(settings.n, settings.alpha, settings.sigma),
+        "device": str(ctx.device),
+        "world_size": ctx.world_size,
+        "log": str(log_path),
+        "complete": False,
+    }
+
+    if log_path.exists() and not part_paths(log_path):
+        _check_resumable(run_config_path, run_config)
+        if ctx.is_main:
+            print(f"{log_path} is already complete ({len(indices)} examples); nothing to do")
+        return log_path
+
+    if ctx.is_main:
+        _check_resumable(run_config_path, run_config)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        for part in part_paths(log_path):
+            _repair_torn_line(part)
+        write_json_atomic(run_config_path, run_config)
+    barrier(ctx)
+    done = _done_indices(log_path)
+    barrier(ctx)  # nobody writes before everybody has read
+    remaining = [i for i in indices if i not in done]
+    mine = remaining[ctx.rank :: ctx.world_size]
+
+    model = model.to(ctx.device).eval()
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    smoothed = Smooth(model, num_classes, settings.sigma, seed=settings.seed, precision=settings.precision,
+                      channels_last=settings.channels_last)
+    part_path = Path(f"{log_path}{PART_SUFFIX}{ctx.rank}")
+    new_file = not part_path.exists() or part_path.stat().st_size == 0
+    samples_per_example = settings.n0 + settings.n
+    bar = tqdm(total=len(remaining), initial=0, desc=f"certify σ={settings.sigma}", unit="img",
+               disable=not (progress and ctx.is_main), dynamic_ncols=True)
+    if ctx.is_main and done:
+        bar.write(f"resuming: {len(done)} of {len(indices)} examples already certified")
+    started = time.perf_counter()
+    with open(part_path, "a", encoding="utf-8") as out:
+        if new_file:
+            out.write(header_line())
+        for count, i in enumerate(mine, start=1):
+            t0 = time.perf_counter()
+            x, label = dataset[i]
+            cert = smoothed.certify_with_details(x.to(ctx.device), settings.n0, settings.n, settings.alpha,
+                                                 settings.batch_size, idx=i)
+            seconds = time.perf_counter() - t0
+            out.write(format_row({
+                "idx": i, "label": int(label), "predict": cert.prediction, "radius": cert.radius,
+                "correct": int(cert.prediction == int(label)), "time": seconds, "cA": cert.selected,
+                "nA": cert.count_selected, "n0": settings.n0, "n": settings.n, "sigma": settings.sigma,
+                "alpha": settings.alpha, "seed": settings.seed, "pA_lower": cert.p_lower,
+            }))
+            out.flush()
+            os.fsync(out.fileno())
+            # Every process advances the shared bar by its world size: an estimate, shown by rank 0.
+            bar.update(min(ctx.world_size, len(remaining) - bar.n))
+            rate = count * samples_per_example / (time.perf_counter() - started)
+            bar.set_postfix_str(f"{rate:,.0f} noise samples/s" + (" (this process)" if ctx.enabled else ""))
+    bar.close()
+    barrier(ctx)
+    if ctx.is_main:
+        _merge_parts(log_path, indices)
+        run_config["complete"] = True
+        run_config["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        write_json_atomic(run_config_path, run_config)
+    barrier(ctx)
+    return log_path
+
+
+def _merge_parts(log_path: Path, indices: Sequence[int]) -> None:
+    """Merge the part files into `log_path` sorted by idx; refuse if any index is missing or doubled."""
+    rows: dict[int, str] = {}
+    for part in part_paths(log_path):
+        lines = part.read_text(encoding="utf-8").splitlines(keepends=True)
+        for line in lines[1:]:
+            i = int(line.split("\t", 1)[0])
+            if i in rows:
+                raise UserError(f"index {i} was certified twice in {log_path}'s part files; delete them to start over")
+            rows[i] = line
+    missing = sorted(set(indices) - rows.keys())
+    if missing:
+        raise UserError(f"{len(missing)} examples are missing from {log_path}'s part files (first: {missing[0]}); "
+                        "re-run the same command to finish them")
+    with atomic_path(log_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(header_line())
+            f.writelines(rows[i] for i in sorted(rows))
+    for part in part_paths(log_path):
+        part.unlink()

@@ -1,0 +1,197 @@
+"""The smoothed classifier: soundness by simulation, seeded noise, Cohen's contract, bad models."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom, norm
+
+from rrcm.errors import UserError
+from rrcm.smoothing import Smooth, stats
+from rrcm.smoothing.noise import ESTIMATION, SELECTION, NoiseStream
+
+
+class HalfSpace(torch.nn.Module):
+    """f(x) = 1 if w·x + b > 0 else 0, with ‖w‖ = 1: the smoothed classifier's true L2 robust radius at x
+    is exactly |w·x + b| (the distance to the hyperplane), and P(f(x+δ) = 1) = Φ((w·x + b)/σ)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        w = torch.zeros(dim)
+        w[0], w[1] = 0.6, 0.8
+        self.register_buffer("w", w)
+
+    def forward(self, x):
+        margin = x.flatten(1) @ self.w
+        return torch.stack([-margin, margin], dim=1)
+
+
+def certify_many(smooth, margins, sigma, n0, n, alpha, unsound=False):
+    """Certify points at the given signed margins; return (predictions, radii)."""
+    preds, radii = [], []
+    for i, m in enumerate(margins):
+        x = torch.zeros(1, 1, 4)
+        x[0, 0, 0], x[0, 0, 1] = 0.6 * m, 0.8 * m  # w·x = m
+        if unsound:  # the plug-in estimate instead of the lower confidence bound: must be caught
+            counts0 = smooth.sample_counts(x, n0, 10_000, idx=i, stage=SELECTION)
+            c = int(counts0.argmax())
+            p_hat = min(float(smooth.sample_counts(x, n, 10_000, idx=i, stage=ESTIMATION)[c]) / n, 1 - 1e-9)
+            pred, radius = (c, sigma * norm.ppf(p_hat)) if p_hat > 0.5 else (-1, 0.0)
+        else:
+            pred, radius = smooth.certify(x, n0, n, alpha, 10_000, idx=i)
+        preds.append(pred)
+        radii.append(radius)
+    return np.array(preds), np.array(radii)
+
+
+def violation_rate(margins, preds, radii):
+    """A certificate is wrong if it names the wrong class or claims more than the true radius."""
+    truth = (np.asarray(margins) > 0).astype(int)
+    certified = preds != -1
+    wrong = certified & ((preds != truth) | (radii > np.abs(margins) + 1e-12))
+    return wrong.mean()
+
+
+@pytest.mark.parametrize("unsound", [False, True])
+def test_soundness_by_simulation(unsound):
+    # With alpha = 0.1 violations are frequent enough to measure; a sound certifier keeps their rate
+    # within alpha plus binomial slack, the plug-in estimate blows through it.
+    sigma, n0, n, alpha, trials = 0.5, 10, 100, 0.1, 2000
+    rng = np.random.default_rng(1)
+    # margins where p_A sits just above 1/2 stress the bound hardest
+    margins = rng.uniform(0.0, 0.6 * sigma, size=trials) * rng.choice([-1, 1], size=trials)
+    smooth = Smooth(HalfSpace(4), 2, sigma, seed=123)
+    preds, radii = certify_many(smooth, margins, sigma, n0, n, alpha, unsound=unsound)
+    rate = violation_rate(margins, preds, radii)
+    slack = 3 * math.sqrt(alpha * (1 - alpha) / trials)
+    if unsound:
+        assert rate > alpha + slack
+    else:
+        assert rate <= alpha + slack
+        assert (preds != -1).mean() > 0.3  # and it does certify a good share
+
+
+def test_selection_and_estimation_use_different_noise():
+    a = NoiseStream((1, 2, 2), "cpu", seed=0, idx=5, stage=SELECTION).take(10)
+    b = NoiseStream((1, 2, 2), "cpu", seed=0, idx=5, stage=ESTIMATION).take(10)
+    assert not torch.allclose(a, b)
+
+
+def test_noise_stream_does_not_depend_on_batching():
+    shape = (3, 8, 8)
+    whole = NoiseStream(shape, "cpu", seed=7, idx=3, stage=ESTIMATION).take(5000)
+    stream = NoiseStream(shape, "cpu", seed=7, idx=3, stage=ESTIMATION)
+    pieces, sizes = [], [1, 999, 37, 2963, 1000]
+    for s in sizes:
+        pieces.append(stream.take(s))
+    assert torch.equal(torch.cat(pieces), whole)
+    other = NoiseStream(shape, "cpu", seed=7, idx=4, stage=ESTIMATION).take(5000)
+    assert not torch.equal(other, whole)
+
+
+def test_certify_is_identical_across_batch_sizes():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    x = torch.rand(1, 8, 8)
+    results = {bs: Smooth(model, 10, 0.5, seed=3).certify_with_details(x, 100, 5000, 0.001, bs, idx=11)
+               for bs in (5000, 1000, 333, 64)}
+    assert len(set(results.values())) == 1
+
+
+def test_certify_matches_recomputed_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    smooth = Smooth(model, 3, 0.25, seed=1)
+    x = torch.rand(1, 4, 4)
+    cert = smooth.certify_with_details(x, 50, 2000, 0.01, 500, idx=2)
+    counts = smooth.sample_counts(x, 2000, 500, idx=2, stage=ESTIMATION)
+    assert cert.count_selected == int(counts[cert.selected])
+    assert cert.p_lower == stats.clopper_pearson_lower(cert.count_selected, 2000, 0.01)
+    if cert.p_lower >= 0.5:
+        assert cert.prediction == cert.selected
+        assert cert.radius == pytest.approx(0.25 * norm.ppf(cert.p_lower))
+    else:
+        assert (cert.prediction, cert.radius) == (-1, 0.0)
+
+
+def test_abstains_exactly_when_lower_bound_below_half():
+    # A constant classifier that always says 1 certifies with p̲ = alpha^(1/n); a coin flip never does.
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[0.0, 1.0]]).repeat(x.shape[0], 1)
+
+    class Coin(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x.flatten(1)[:, 0], -x.flatten(1)[:, 0]], 1)
+
+    pred, radius = Smooth(Constant(), 2, 0.5).certify(torch.zeros(1, 2, 2), 10, 1000, 0.001, 100, idx=0)
+    assert pred == 1 and radius == pytest.approx(stats.max_certifiable_radius(1000, 0.001, 0.5))
+    pred, radius = Smooth(Coin(), 2, 0.5).certify(torch.zeros(1, 2, 2), 10, 1000, 0.001, 100, idx=0)
+    assert (pred, radius) == (-1, 0.0)
+
+
+def test_predict_follows_the_binomial_test():
+    class Coin(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x.flatten(1)[:, 0], -x.flatten(1)[:, 0]], 1)
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[0.0, 0.0, 1.0]]).repeat(x.shape[0], 1)
+
+    assert Smooth(Coin(), 2, 1.0).predict(torch.zeros(1, 2, 2), 1000, 0.001, 100, idx=0) == -1
+    assert Smooth(Constant(), 3, 1.0).predict(torch.zeros(1, 2, 2), 100, 0.001, 100, idx=0) == 2
+
+
+def test_calls_without_index_get_distinct_reproducible_noise():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    x = torch.zeros(1, 2, 2)
+    first = Smooth(model, 2, 1.0, seed=0)
+    second = Smooth(model, 2, 1.0, seed=0)
+    a = [first.certify_with_details(x, 10, 200, 0.01, 50) for _ in range(3)]
+    b = [second.certify_with_details(x, 10, 200, 0.01, 50) for _ in range(3)]
+    assert a == b
+    assert len({c.count_selected for c in a}) > 1
+
+
+def test_noise_is_added_on_pixels_before_the_model():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(x.shape[0], 2)
+
+    x = torch.full((1, 2, 2), 0.5)
+    Smooth(Spy(), 2, 0.25, seed=0).sample_counts(x, 10_000, 10_000, idx=0, stage=ESTIMATION)
+    noise = seen[0] - 0.5
+    assert noise.std().item() == pytest.approx(0.25, rel=0.02)
+    assert noise.mean().abs().item() < 0.01
+
+
+def test_bad_model_outputs_end_in_one_clear_error():
+    class NaNModel(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 2), float("nan"))
+
+    class WrongShape(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 5)
+
+    with pytest.raises(UserError, match="NaN"):
+        Smooth(NaNModel(), 2, 0.5).certify(torch.zeros(1, 2, 2), 10, 100, 0.001, 50, idx=0)
+    with pytest.raises(UserError, match=r"shape \(10, 5\).*\(10, 2\)"):
+        Smooth(WrongShape(), 2, 0.5).certify(torch.zeros(1, 2, 2), 10, 100, 0.001, 50, idx=0)
+    with pytest.raises(UserError, match="one image"):
+        Smooth(WrongShape(), 2, 0.5).certify(torch.zeros(2, 1, 2, 2), 10, 100, 0.001, 50, idx=0)
+
+
+def test_bf16_and_channels_last_paths_run():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10)).eval()
+    model(torch.zeros(1, 3, 8, 8))
+    model = model.to(memory_format=torch.channels_last)
+    smooth = Smooth(model, 10, 0.25, precision="bf16", channels_last=True)
+    pred, radius = smooth.certify(torch.rand(3, 8, 8), 10, 100, 0.001, 64, idx=0)
+    assert pred in range(-1, 10) and radius >= 0
