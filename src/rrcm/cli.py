@@ -1,0 +1,336 @@
+"""`rrcm <command>`: a thin command line over the library.
+
+Every command validates its options, writes its resolved config next to its outputs, and turns user
+mistakes into one line `rrcm: error: <problem>; <fix>` with exit status 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UserError
+
+# glibc returns freed memory to the OS eagerly; for the large, short-lived tensors of noise batches
+# that costs a page fault storm. Keeping it (thresholds of 4 GiB) made CPU certification 2–3× faster
+# here. It must be set before the process starts, so the CLI re-executes itself once with it.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return value
+
+
+# -- presets ---------------------------------------------------------------------------------------
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown preset {name_or_path!r}; choose one of {', '.join(list_presets())} or give a YAML file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"preset {path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(values, dict):
+        raise UserError(f"preset {path} must be a mapping of option: value")
+    return values
+
+
+# -- train -----------------------------------------------------------------------------------------
+TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
+    "--data": ("data", str, "data set: digits, mnist, cifar10, imagefolder"),
+    "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
+    "--arch": ("arch", str, "model architecture (lenet, cifar_resnet20, cifar_resnet110, vit)"),
+    "--method": ("method", str, "gaussian (Cohen et al.) or consistency (Jeong & Shin)"),
+    "--sigma": ("sigma", float, "training noise σ on [0, 1] pixels"),
+    "--epochs": ("epochs", int, "training epochs"),
+    "--batch-size": ("batch_size", int, "global batch size"),
+    "--optimizer": ("optimizer", str, "sgd or adamw"),
+    "--lr": ("lr", float, "peak learning rate (warm-up, then cosine decay)"),
+    "--momentum": ("momentum", float, "SGD momentum (Nesterov)"),
+    "--weight-decay": ("weight_decay", float, "weight decay (not on biases and norms)"),
+    "--warmup-epochs": ("warmup_epochs", float, "linear warm-up length in epochs"),
+    "--num-noise": ("num_noise", int, "consistency: noisy copies per image (m)"),
+    "--lbd": ("lbd", float, "consistency: weight λ of the KL term"),
+    "--eta": ("eta", float, "consistency: weight η of the entropy term"),
+    "--seed": ("seed", int, "random seed"),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
+    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--checkpoint-every": ("checkpoint_every", int, "epochs between resumable checkpoints"),
+}
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a smoothed-classifier baseline (Gaussian or consistency)",
+                       description="Train a base classifier with Gaussian noise augmentation or consistency "
+                                   "regularisation. Re-running the same command resumes an interrupted run.")
+    p.add_argument("--preset", help=f"YAML preset ({', '.join(list_presets())}) or a YAML file; flags override it")
+    for flag, (_, kind, text) in TRAIN_FLAGS.items():
+        p.add_argument(flag, type=kind, default=None, help=text)
+    p.add_argument("--arch-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture option, e.g. width=64 (repeatable)")
+    p.add_argument("--no-augment", action="store_true", help="disable the data set's standard augmentation")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, config.json, metrics.csv)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_train)
+
+
+def _parse_key_values(items: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--arch-option expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def train_config_from_args(args) -> "TrainConfig":
+    from .train.config import TrainConfig
+
+    values: dict[str, Any] = load_preset(args.preset) if args.preset else {}
+    for flag, (field, _, _) in TRAIN_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            values[field] = value
+    if args.arch_option:
+        values["arch_options"] = {**values.get("arch_options", {}), **_parse_key_values(args.arch_option)}
+    if args.no_augment:
+        values["augment"] = False
+    return TrainConfig.from_dict(values)
+
+
+def run_train(args) -> int:
+    from .train.loop import resolve_run_config, train_classifier
+
+    cfg = train_config_from_args(args)
+    if args.dry_run:
+        print(json.dumps(resolve_run_config(cfg), indent=2, sort_keys=True))
+        return 0
+    path = train_classifier(cfg, args.out, progress=not args.quiet)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+# -- certify ---------------------------------------------------------------------------------------
+def add_certify_parser(sub) -> None:
+    p = sub.add_parser("certify", help="certify a data set with a smoothed classifier (Cohen et al.'s CERTIFY)",
+                       description="Run CERTIFY on every --skip-th test example and write a tab-separated log "
+                                   "(Cohen's columns first). Re-running the same command resumes; under torchrun "
+                                   "the examples are sharded across processes and the logs merged.")
+    p.add_argument("--checkpoint", required=True, help="model.safetensors written by rrcm")
+    p.add_argument("--data", default=None, help="data set (default: the checkpoint's)")
+    p.add_argument("--data-root", default=None, help="folder holding the data set's files")
+    p.add_argument("--split", default="test", help="train or test (default test)")
+    p.add_argument("--sigma", type=float, default=None, help="smoothing σ on [0,1] pixels (default: the checkpoint's)")
+    # Cohen's spellings --N0/--N work too; under torchrun write --N (torchrun takes --n for its own --nnodes).
+    p.add_argument("--n0", "--N0", type=int, default=100, dest="n0", help="selection samples (default 100)")
+    p.add_argument("--n", "--N", type=int, default=100_000, dest="n", help="estimation samples (default 100000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    p.add_argument("--batch-size", type=int, default=1000, help="noise samples per forward pass")
+    p.add_argument("--skip", type=int, default=1, help="certify every skip-th example (Cohen's subset)")
+    p.add_argument("--max-index", type=int, default=-1, dest="max_index",
+                   help="Cohen's --max: stop at this example index (-1: all)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; example idx uses its own stream from (seed, idx)")
+    p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (autocast; bf16 is ~2× faster on CPU)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True, help="log file to write (its settings go to <out>.json)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_certify)
+
+
+def check_checkpoint_matches_data(ckpt_config: dict[str, Any], info, checkpoint: str) -> None:
+    """Channels, image size and class count of the checkpoint must match the data set."""
+    model = ckpt_config["model"]
+    expected = {"channels": model.get("in_channels"), "image size": model.get("image_size"),
+                "classes": model.get("num_classes")}
+    actual = {"channels": info.channels, "image size": info.image_size, "classes": info.num_classes}
+    for key in expected:
+        if expected[key] is not None and expected[key] != actual[key]:
+            raise UserError(f"checkpoint {checkpoint} expects {expected[key]} {key} but the data set has "
+                            f"{actual[key]}; certify it on the data it was trained for")
+
+
+def run_certify(args) -> int:
+    from .checkpoint import load_checkpoint, read_checkpoint_config
+    from .data import load_dataset
+    from .distributed import init_distributed, shutdown
+    from .smoothing.runner import CertifySettings, certify_dataset
+
+    ckpt_config = read_checkpoint_config(args.checkpoint)
+    sigma = args.sigma if args.sigma is not None else ckpt_config.get("sigma")
+    if sigma is None:
+        raise UserError("the checkpoint records no σ; give --sigma")
+    settings = CertifySettings(sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
+                               seed=args.seed, skip=args.skip, max_index=args.max_index, precision=args.precision,
+                               channels_last=args.channels_last)
+    settings.validate()
+    if settings.precision not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {settings.precision!r}; choose fp32, bf16 or fp16")
+    data_name = args.data or ckpt_config.get("data", {}).get("name")
+    if data_name is None:
+        raise UserError("the checkpoint records no data set; give --data")
+    dataset = load_dataset(data_name, args.split, args.data_root)
+    check_checkpoint_matches_data(ckpt_config, dataset.info, args.checkpoint)
+    if args.dry_run:
+        from dataclasses import asdict
+
+        print(json.dumps({"settings": asdict(settings), "checkpoint": args.checkpoint, "data": dataset.info.to_dict(),
+                          "split": args.split, "examples": len(range(0, len(dataset), settings.skip))},
+                         indent=2, sort_keys=True))
+        return 0
+    ctx = init_distributed(args.device)
+    try:
+        model, _ = load_checkpoint(args.checkpoint, device=ctx.device)
+        log = certify_dataset(model, dataset, settings, args.out, ctx=ctx, checkpoint_path=args.checkpoint,
+                              data_source={"name": data_name, "split": args.split, "root": args.data_root},
+                              progress=not args.quiet)
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        print(f"log: {log}")
+    return 0
+
+
+# -- report ----------------------------------------------------------------------------------------
+def add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="tables and plots from certification logs",
+                       description="Certified accuracy at chosen radii, ACR, clean accuracy, abstain rate and the "
+                                   "best-over-σ envelope, from one or more logs.")
+    p.add_argument("logs", nargs="+", help="certification logs (Cohen's format; label with LABEL=PATH)")
+    p.add_argument("--radii", default=None, help="comma-separated radii (default 0, 0.25, ... up to the largest radius)")
+    p.add_argument("--format", default="text", choices=["text", "markdown", "csv", "json"], help="table format")
+    p.add_argument("--no-envelope", action="store_true", help="omit the best-over-σ envelope")
+    p.add_argument("--plot", default=None, help="write a PNG plot of certified accuracy against radius")
+    p.add_argument("--title", default=None, help="plot title")
+    p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from . import report
+    from .certlog import read_log
+    from .fileio import write_text_atomic
+
+    logs = []
+    for item in args.logs:
+        label, path = (item.split("=", 1) if "=" in item and not Path(item).exists() else (None, item))
+        logs.append(read_log(path, label=label))
+    if args.radii:
+        try:
+            radii = [float(r) for r in args.radii.split(",")]
+        except ValueError:
+            raise UserError(f"--radii must be comma-separated numbers, got {args.radii!r}") from None
+    else:
+        radii = report.default_radii(max(float(log.radius.max(initial=0.0)) for log in logs))
+    text = report.build_report(logs, radii, fmt=args.format, envelope=not args.no_envelope)
+    if args.out:
+        write_text_atomic(args.out, text)
+        print(f"table: {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot:
+        report.plot_certified_accuracy(logs, args.plot, title=args.title, envelope=not args.no_envelope)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------------
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on the embedded digits data: train, certify, report",
+                       description="On scikit-learn's digits (no download): train the Gaussian baseline at each σ, "
+                                   "certify the test split, print the certified-accuracy table and write the plot.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, meaningless numbers)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan as JSON and exit")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from .demo import run_demo as demo
+
+    return demo(args.out, quick=args.quick, device=args.device, dry_run=args.dry_run)
+
+
+# -- entry point -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="rrcm", description="Certified L2 robustness by randomized smoothing: rRCM and baselines.")
+    parser.add_argument("--version", action="version", version=f"rrcm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+    add_demo_parser(sub)
+    add_train_parser(sub)
+    add_certify_parser(sub)
+    add_report_parser(sub)
+    return parser
+
+
+def _reexec_with_malloc_settings(argv: Sequence[str]) -> None:
+    if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ or os.environ.get("RRCM_NO_REEXEC"):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "rrcm", *argv], env)
+    except OSError:
+        pass  # run on without the setting: slower, same results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        # Only a real command-line start re-executes; a call from Python (tests) must not be replaced.
+        if from_command_line and args.command in ("certify", "train", "demo") and not getattr(args, "dry_run", False):
+            _reexec_with_malloc_settings(argv)
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"rrcm: error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except OSError as e:  # unreadable input, unwritable output, full disk...
+        print(f"rrcm: error: {e.strerror or e} ({e.filename or 'no file name'}); check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rrcm: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

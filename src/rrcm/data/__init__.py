@@ -1,0 +1,52 @@
+"""Datasets for training and certification: images as float32 tensors in [0, 1], never normalised.
+
+    ds = load_dataset("digits", "test")                      # embedded, no files needed
+    ds = load_dataset("mnist", "train", "/data/mnist")        # original idx(.gz) files
+    ds = load_dataset("cifar10", "test", "/data/cifar10")     # pickle batches, class folders or test.tar.gz
+    ds = load_dataset("imagefolder", "test", "/data/imagenet", image_size=224)
+    x, y = ds[0]; xb, yb = ds.batch(range(64)); ds.info.to_dict()
+
+One module per format (`digits`, `mnist`, `cifar10`, `imagefolder`; each docstring says what it
+reads and how); `augment` holds the training augmentations. Each model normalises with
+`info.mean` / `info.std` inside itself, after the smoothing noise is added on [0, 1] pixels.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rrcm.data.base import SPLITS, DataInfo, ImageDataset, InMemoryImageDataset, check_split
+from rrcm.errors import UserError
+
+DATASETS = ("digits", "mnist", "cifar10", "imagefolder")
+
+__all__ = ["DATASETS", "SPLITS", "DataInfo", "ImageDataset", "InMemoryImageDataset", "load_dataset"]
+
+
+def load_dataset(
+    name: str, split: str, root: str | os.PathLike | None = None, *, image_size: int | None = None
+) -> ImageDataset:
+    """The `split` ("train" or "test") of dataset `name`, read from `root`.
+
+    `root` is the data folder (ignored by the embedded "digits"). `image_size` is the side of the
+    square images returned: only "imagefolder" resizes (default 224); for the fixed-size sets it
+    may be omitted or must equal their native size (digits 8, mnist 28, cifar10 32).
+    """
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    check_split(split)
+    if name == "digits":
+        from rrcm.data.digits import load_digits_split
+
+        return load_digits_split(split, image_size=image_size)
+    if name == "mnist":
+        from rrcm.data.mnist import load_mnist_split
+
+        return load_mnist_split(split, root, image_size=image_size)
+    if name == "cifar10":
+        from rrcm.data.cifar10 import load_cifar10_split
+
+        return load_cifar10_split(split, root, image_size=image_size)
+    from rrcm.data.imagefolder import load_imagefolder_split
+
+    return load_imagefolder_split(split, root, image_size=image_size)

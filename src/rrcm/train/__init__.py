@@ -1,0 +1,1 @@
+"""Training: one loop shared by every objective, plus the objectives."""

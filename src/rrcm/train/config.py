@@ -1,0 +1,66 @@
+"""The resolved configuration of a classifier training run (Gaussian or consistency baseline)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from .objectives import METHODS
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "digits"
+    data_root: str | None = None
+    arch: str = "lenet"
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    method: str = "gaussian"
+    sigma: float = 0.25
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    num_noise: int = 2  # consistency: noisy copies per image (m)
+    lbd: float = 10.0  # consistency: weight of the KL term (λ)
+    eta: float = 0.5  # consistency: weight of the entropy term (η)
+    augment: bool = True  # the data set's standard augmentation (crop + flip for colour images)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not (self.sigma > 0 and math.isfinite(self.sigma)):
+            raise UserError(f"sigma must be a positive number, got {self.sigma}; use e.g. --sigma 0.25")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
+        for name in ("epochs", "batch_size", "num_noise", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"learning rate must be positive, got {self.lr}")
+        if self.method == "consistency" and self.num_noise < 2:
+            raise UserError("consistency regularisation needs --num-noise >= 2 noisy copies")

@@ -1,0 +1,234 @@
+"""One training loop for smoothed-classifier baselines: DDP, autocast, resumable checkpoints, metrics.
+
+Outputs in `out_dir`:
+  config.json              the resolved run config (written first, so a dry run shows the same thing)
+  metrics.csv              one row per epoch
+  train_state.safetensors  model, optimizer, epoch and generator states, to resume an interrupted run
+  model.safetensors        the final model with its config: all `rrcm certify` needs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..checkpoint import load_state, read_checkpoint_config, save_checkpoint, save_state
+from ..data import load_dataset
+from ..data.augment import train_augment
+from ..distributed import DistContext, init_distributed
+from ..errors import UserError
+from ..fileio import write_json_atomic, write_text_atomic
+from ..models import build_model, count_parameters, model_config
+from ..smoothing.noise import derive_seed
+from .config import TrainConfig
+from .objectives import consistency_objective, gaussian_objective
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "train_state.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "noisy_train_accuracy", "seconds")
+
+
+def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(*keys))
+    return generator
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and normalisation parameters (1-D tensors).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def resolve_run_config(cfg: TrainConfig) -> dict[str, Any]:
+    """Everything the run will use, resolved: what `--dry-run` prints and `config.json` holds."""
+    cfg.validate()
+    info = load_dataset(cfg.data, "train", cfg.data_root).info
+    try:
+        arch = model_config(cfg.arch, num_classes=info.num_classes, in_channels=info.channels,
+                            image_size=info.image_size, mean=list(info.mean), std=list(info.std), **cfg.arch_options)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"invalid model options for {cfg.arch!r}: {e}") from None
+    return {"command": "train", "rrcm_version": __version__, "torch_version": torch.__version__,
+            "python": platform.python_version(), "train": cfg.to_dict(), "model": arch, "data": info.to_dict()}
+
+
+def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True,
+                     stop_after_epoch: int | None = None) -> Path:
+    """Train (or resume training) and return the path of the final checkpoint.
+
+    `stop_after_epoch` ends the run early after that epoch's checkpoint, as an interruption would.
+    """
+    out_dir = Path(out_dir)
+    run_config = resolve_run_config(cfg)
+    ctx = init_distributed(cfg.device)
+    final_path = out_dir / MODEL_FILE
+    if final_path.exists():
+        previous = read_checkpoint_config(final_path)
+        if previous.get("train") != run_config["train"]:
+            raise UserError(f"{final_path} was trained with different settings; use another --out")
+        if ctx.is_main:
+            print(f"{final_path} is already trained; nothing to do")
+        return final_path
+    _check_resumable(out_dir, run_config)
+    if ctx.is_main:
+        write_json_atomic(out_dir / CONFIG_FILE, run_config)
+
+    dataset = load_dataset(cfg.data, "train", cfg.data_root)
+    device = ctx.device
+    torch.manual_seed(derive_seed(cfg.seed, 0))  # identical initial weights on every process
+    model = build_model(run_config["model"]).to(device)
+    optimizer = make_optimizer(cfg, model)
+    train_model = model
+    if ctx.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    augment = train_augment(cfg.data) if cfg.augment else None
+    noise_generator = seeded_generator(cfg.seed, 1, ctx.rank, device=device)
+    augment_generator = seeded_generator(cfg.seed, 2, ctx.rank)
+
+    num_examples = len(dataset)
+    steps_per_epoch = math.ceil(num_examples / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    start_epoch, step, metric_rows = 0, 0, []
+    state_path = out_dir / STATE_FILE
+    if state_path.exists():
+        state = load_state(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        noise_generator.set_state(state["noise_generator"][ctx.rank])
+        augment_generator.set_state(state["augment_generator"][ctx.rank])
+        start_epoch, step, metric_rows = state["epoch"], state["step"], state["metrics"]
+        if ctx.is_main:
+            print(f"resuming {out_dir} after epoch {start_epoch} of {cfg.epochs}")
+
+    if ctx.is_main:
+        print(f"training {cfg.arch} ({count_parameters(model):,} parameters) with {cfg.method} noise "
+              f"σ={cfg.sigma} on {cfg.data} ({num_examples} images) for {cfg.epochs} epochs on {device}")
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(num_examples, generator=seeded_generator(cfg.seed, 3, epoch))
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+                   disable=not (progress and ctx.is_main), dynamic_ncols=True)
+        for batch_number in bar:
+            global_batch = order[batch_number * cfg.batch_size : (batch_number + 1) * cfg.batch_size]
+            local = global_batch[ctx.rank :: ctx.world_size]
+            x, y = dataset.batch(local)
+            if augment is not None:
+                x = augment(x, augment_generator)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            lr = learning_rate(cfg, step, total_steps, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                if cfg.method == "gaussian":
+                    out = gaussian_objective(train_model, x, y, sigma=cfg.sigma, generator=noise_generator)
+                else:
+                    out = consistency_objective(train_model, x, y, sigma=cfg.sigma, generator=noise_generator,
+                                                num_noise=cfg.num_noise, lbd=cfg.lbd, eta=cfg.eta)
+            if not torch.isfinite(out.loss):
+                raise UserError(f"training diverged (loss {float(out.loss)} at step {step}); lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += out.loss.detach() * len(y)
+            correct += (out.logits.argmax(1) == y).sum()
+            seen += len(y)
+        totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
+        if ctx.enabled:
+            torch.distributed.all_reduce(totals)
+        metric_rows.append({"epoch": epoch + 1, "step": step, "lr": lr, "loss": float(totals[0] / totals[2]),
+                            "noisy_train_accuracy": float(totals[1] / totals[2]),
+                            "seconds": round(time.perf_counter() - t0, 3)})
+        if ctx.is_main and progress:
+            row = metric_rows[-1]
+            tqdm.write(f"epoch {row['epoch']}: loss {row['loss']:.4f}, noisy train accuracy "
+                       f"{row['noisy_train_accuracy']:.4f} ({row['seconds']:.1f}s)")
+        last = epoch + 1 == cfg.epochs
+        if last or (epoch + 1) % cfg.checkpoint_every == 0 or stop_after_epoch == epoch + 1:
+            _save_training_state(ctx, out_dir, model, optimizer, noise_generator, augment_generator,
+                                 epoch + 1, step, metric_rows)
+        if stop_after_epoch == epoch + 1 and not last:
+            return state_path
+
+    if ctx.is_main:
+        checkpoint_config = {"kind": "classifier", "rrcm_version": __version__, "model": run_config["model"],
+                             "data": run_config["data"], "sigma": cfg.sigma, "method": cfg.method,
+                             "train": run_config["train"], "epochs_trained": cfg.epochs}
+        save_checkpoint(final_path, model, checkpoint_config)
+        state_path.unlink(missing_ok=True)
+    if ctx.enabled:
+        torch.distributed.barrier()
+    return final_path
+
+
+def _gather_generator_states(ctx: DistContext, generator: torch.Generator) -> list[torch.Tensor]:
+    state = generator.get_state()
+    if not ctx.enabled:
+        return [state]
+    states = [None] * ctx.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def _save_training_state(ctx: DistContext, out_dir: Path, model, optimizer, noise_generator, augment_generator,
+                         epoch: int, step: int, metric_rows: list[dict]) -> None:
+    noise_states = _gather_generator_states(ctx, noise_generator)
+    augment_states = _gather_generator_states(ctx, augment_generator)
+    if not ctx.is_main:
+        return
+    save_state(out_dir / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "noise_generator": noise_states, "augment_generator": augment_states,
+                                      "epoch": epoch, "step": step, "metrics": metric_rows})
+    # metrics.csv always mirrors the saved state, so a resumed run never repeats or loses a row.
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
+    writer.writeheader()
+    writer.writerows(metric_rows)
+    write_text_atomic(out_dir / METRICS_FILE, buffer.getvalue())
+
+
+def _check_resumable(out_dir: Path, run_config: dict[str, Any]) -> None:
+    import json
+
+    config_path = out_dir / CONFIG_FILE
+    if not (out_dir / STATE_FILE).exists() or not config_path.exists():
+        return
+    try:
+        previous = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"cannot read {config_path}; delete {out_dir} to start over") from None
+    if previous.get("train") != run_config["train"] or previous.get("model") != run_config["model"]:
+        raise UserError(f"{out_dir} holds an interrupted run with different settings; resume it with the same "
+                        "options or use another --out")

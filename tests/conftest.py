@@ -1,0 +1,33 @@
+"""Shared fixtures: small data and a tiny trained checkpoint, built once per test session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present beside the repository")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A LeNet-5 trained for two epochs on digits with Gaussian noise σ = 0.5 (seconds on a CPU)."""
+    from rrcm.train.config import TrainConfig
+    from rrcm.train.loop import train_classifier
+
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    cfg = TrainConfig(data="digits", arch="lenet5", sigma=0.5, epochs=2, batch_size=64, lr=0.05, device="cpu")
+    return train_classifier(cfg, out, progress=False)
+
+
+@pytest.fixture
+def cli_env() -> dict:
+    """Environment for running `python -m rrcm` in a subprocess: one thread each, no re-exec."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", RRCM_NO_REEXEC="1", PYTHONUNBUFFERED="1")
+    return env
