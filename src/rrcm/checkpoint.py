@@ -47,8 +47,8 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint {path}: not a valid safetensors file ({_short(e)}); "
-                        "re-save it or point to the file written by `rrcm train`") from None
+        raise UserError(f"cannot read checkpoint {path}: corrupt, truncated or not a safetensors file "
+                        f"({_short(e)}); point to the model.safetensors written by rrcm, or copy it again") from None
     if CONFIG_KEY not in metadata:
         raise UserError(f"checkpoint {path} has no rrcm config in its metadata; "
                         "only checkpoints written by rrcm can be loaded")

@@ -29,6 +29,7 @@ from ..distributed import DistContext, barrier
 from ..errors import UserError
 from ..fileio import atomic_path, write_json_atomic
 from . import stats
+from .noise import SELECTION
 from .smooth import Smooth
 
 PART_SUFFIX = ".part-rank"
@@ -143,6 +144,23 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
             print(f"{log_path} is already complete ({len(indices)} examples); nothing to do")
         return log_path
 
+    model = model.to(ctx.device).eval()
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    smoothed = Smooth(model, num_classes, settings.sigma, seed=settings.seed, precision=settings.precision,
+                      channels_last=settings.channels_last)
+    if indices:
+        # One small batch before anything is written: a model with the wrong output shape or NaN
+        # outputs fails here, leaving no files behind.
+        x0, _ = dataset[indices[0]]
+        try:
+            smoothed.sample_counts(x0.to(ctx.device), min(settings.n0, settings.batch_size), settings.batch_size,
+                                   idx=indices[0], stage=SELECTION)
+        except RuntimeError as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"the model fails on this data ({first_line[:200]}); certify it on the data it was "
+                            "trained for") from None
+
     if ctx.is_main:
         _check_resumable(run_config_path, run_config)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,11 +173,6 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
     remaining = [i for i in indices if i not in done]
     mine = remaining[ctx.rank :: ctx.world_size]
 
-    model = model.to(ctx.device).eval()
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    smoothed = Smooth(model, num_classes, settings.sigma, seed=settings.seed, precision=settings.precision,
-                      channels_last=settings.channels_last)
     part_path = Path(f"{log_path}{PART_SUFFIX}{ctx.rank}")
     new_file = not part_path.exists() or part_path.stat().st_size == 0
     samples_per_example = settings.n0 + settings.n
