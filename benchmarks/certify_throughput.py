@@ -1,0 +1,457 @@
+#!/usr/bin/env python
+"""Certification throughput: rrcm's `Smooth` against the per-batch loop of Cohen et al.'s `core.py`.
+
+Measures noise samples per second (forward passes of the base classifier on noisy copies of one
+image) for CIFAR-10-shaped inputs (3x32x32, 10 classes) with randomly initialised CIFAR ResNets in
+eval mode. Configurations (all with the same batch size and the same number of samples):
+
+  baseline             a plain re-implementation of Cohen et al.'s `Smooth._sample_noise`: repeat x,
+                       `randn_like`, forward, argmax, counts on the CPU with numpy; fp32, default
+                       memory format, default glibc malloc
+  rrcm-fp32            rrcm `Smooth.sample_counts`, fp32, default malloc
+  rrcm-bf16-cl         rrcm, bf16 autocast + channels_last (model and input), default malloc
+  rrcm-bf16-cl-malloc  as rrcm-bf16-cl, with GLIBC_TUNABLES raising glibc's mmap/trim thresholds to
+                       4 GiB, so large activation buffers are reused instead of being mmapped,
+                       page-faulted in and unmapped again on every batch
+
+Extra configurations for investigation (select with --configs): rrcm-bf16, rrcm-bf16-malloc,
+rrcm-fp32-malloc, rrcm-fp32-cl, baseline-malloc.
+
+GLIBC_TUNABLES is read by the dynamic loader when a process starts, so every configuration runs in
+its own child process (`certify_throughput.py --worker ...`) with its own environment; the parent
+only orchestrates and prints. Each worker warms up, then times `--repeats` measurements of
+`--samples` noise samples each and reports them as JSON; the table shows the median (and range).
+
+While a worker measures, it also records how many CPU cores *other* processes kept busy
+(from /proc/stat), because on a shared 2-core machine a concurrent test run halves throughput and
+can make OpenMP regions stall. Figures taken with "busy elsewhere" well above 0 are not clean.
+
+    python benchmarks/certify_throughput.py                       # full run (a few minutes on 2 cores)
+    python benchmarks/certify_throughput.py --quick               # smoke run, seconds
+    python benchmarks/certify_throughput.py --models resnet110 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+
+# name -> (implementation, precision, channels_last, tuned malloc, description)
+CONFIGS: dict[str, tuple[str, str, bool, bool, str]] = {
+    "baseline": ("cohen", "fp32", False, False, "Cohen-style loop, fp32, default malloc"),
+    "rrcm-fp32": ("rrcm", "fp32", False, False, "rrcm Smooth fp32, default malloc"),
+    "rrcm-bf16-cl": ("rrcm", "bf16", True, False, "rrcm Smooth bf16 + channels_last, default malloc"),
+    "rrcm-bf16-cl-malloc": ("rrcm", "bf16", True, True, "rrcm Smooth bf16 + channels_last + malloc tunables"),
+    # for investigation only
+    "rrcm-bf16": ("rrcm", "bf16", False, False, "rrcm Smooth bf16, default malloc"),
+    "rrcm-bf16-malloc": ("rrcm", "bf16", False, True, "rrcm Smooth bf16 + malloc tunables"),
+    "rrcm-fp32-malloc": ("rrcm", "fp32", False, True, "rrcm Smooth fp32 + malloc tunables"),
+    "rrcm-fp32-cl": ("rrcm", "fp32", True, False, "rrcm Smooth fp32 + channels_last, default malloc"),
+    "baseline-malloc": ("cohen", "fp32", False, True, "Cohen-style loop, fp32 + malloc tunables"),
+}
+DEFAULT_CONFIGS = ("baseline", "rrcm-fp32", "rrcm-bf16-cl", "rrcm-bf16-cl-malloc")
+HEADLINE = ("rrcm-bf16-cl-malloc", "baseline")
+TARGET_SPEEDUP = 3.0
+
+MODELS = {"resnet20": "cifar_resnet20", "resnet110": "cifar_resnet110"}
+CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR_STD = [0.2470, 0.2435, 0.2616]
+NUM_CLASSES = 10
+SHAPE = (3, 32, 32)
+
+DEFAULT_SAMPLES = 1500
+DEFAULT_REPEATS = 3
+RESULT_PREFIX = "CERTIFY_THROUGHPUT_RESULT "
+
+
+class BenchError(Exception):
+    """A failure reported to the user as one line."""
+
+
+# ----------------------------------------------------------------------------------------------
+# worker side: build the model, time one configuration, print JSON
+# ----------------------------------------------------------------------------------------------
+
+def cohen_count_arr(predictions, length: int):
+    """Counts of each class among `predictions` (a numpy int array), the way Cohen's `_count_arr` does."""
+    import numpy as np
+
+    counts = np.zeros(length, dtype=int)
+    for p in predictions:
+        counts[p] += 1
+    return counts
+
+
+def cohen_sample_noise(model, x, num: int, batch_size: int, sigma: float, num_classes: int):
+    """The baseline: Cohen et al.'s per-batch sampling loop, rewritten plainly (fp32, CPU counts)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        counts = np.zeros(num_classes, dtype=int)
+        for _ in range(math.ceil(num / batch_size)):
+            this_batch_size = min(batch_size, num)
+            num -= this_batch_size
+            batch = x.repeat((this_batch_size, 1, 1, 1))
+            noise = torch.randn_like(batch) * sigma
+            predictions = model(batch + noise).argmax(1)
+            counts += cohen_count_arr(predictions.cpu().numpy(), num_classes)
+        return counts
+
+
+def _busy_jiffies() -> int:
+    """Jiffies all CPUs spent doing anything but idling, since boot."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def _clock_ticks() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError, AttributeError):
+        return 100
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    from rrcm.models import build_model, model_config
+    from rrcm.smoothing.noise import ESTIMATION
+    from rrcm.smoothing.smooth import Smooth
+
+    impl, precision, channels_last, tuned_malloc, description = CONFIGS[args.config]
+    expected_env = MALLOC_TUNABLES if tuned_malloc else None
+    if os.environ.get("GLIBC_TUNABLES") != expected_env:
+        raise BenchError(f"config {args.config} expects GLIBC_TUNABLES={expected_env!r} but the worker has "
+                         f"{os.environ.get('GLIBC_TUNABLES')!r}; run it through the parent script")
+
+    torch.manual_seed(args.seed)
+    cfg = model_config(MODELS[args.model], num_classes=NUM_CLASSES, in_channels=SHAPE[0], image_size=SHAPE[1],
+                       mean=CIFAR_MEAN, std=CIFAR_STD)
+    model = build_model(cfg).eval()
+    x = torch.rand(SHAPE, generator=torch.Generator().manual_seed(args.seed))
+    if channels_last:
+        # As the certification runner does: model weights and inputs both in channels_last.
+        model = model.to(memory_format=torch.channels_last)
+
+    if impl == "cohen":
+        def sample(num: int, key: int):
+            return cohen_sample_noise(model, x, num, args.batch_size, args.sigma, NUM_CLASSES)
+    else:
+        smooth = Smooth(model, NUM_CLASSES, args.sigma, seed=args.seed, precision=precision,
+                        channels_last=channels_last)
+
+        def sample(num: int, key: int):
+            return smooth.sample_counts(x, num, args.batch_size, idx=key, stage=ESTIMATION)
+
+    t0 = time.perf_counter()
+    if args.warmup > 0:
+        sample(args.warmup, 10_000)
+    warmup_s = time.perf_counter() - t0
+
+    tick = _clock_ticks()
+    runs = []
+    for r in range(args.repeats):
+        busy0, cpu0 = _busy_jiffies(), time.process_time()
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        counts = sample(args.samples, r)
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+        busy = (_busy_jiffies() - busy0) / tick
+        total = int(sum(int(c) for c in counts))
+        if total != args.samples:
+            raise BenchError(f"{args.model}/{args.config}: counts sum to {total}, expected {args.samples}")
+        runs.append({
+            "seconds": seconds,
+            "samples_per_s": args.samples / seconds,
+            "cpu_cores_used": cpu / seconds,
+            # Cores kept busy by everything else on the machine while this ran (clamped: jiffy
+            # accounting is coarse).
+            "busy_elsewhere_cores": max(0.0, (busy - cpu) / seconds),
+            "minor_page_faults_per_batch": faults / math.ceil(args.samples / args.batch_size),
+        })
+
+    rates = [r["samples_per_s"] for r in runs]
+    return {
+        "model": args.model,
+        "arch": MODELS[args.model],
+        "config": args.config,
+        "description": description,
+        "implementation": impl,
+        "precision": precision,
+        "channels_last": channels_last,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "batch_size": args.batch_size,
+        "samples": args.samples,
+        "warmup_samples": args.warmup,
+        "warmup_seconds": warmup_s,
+        "repeats": args.repeats,
+        "runs": runs,
+        "samples_per_s_median": statistics.median(rates),
+        "samples_per_s_min": min(rates),
+        "samples_per_s_max": max(rates),
+        "busy_elsewhere_cores_max": max(r["busy_elsewhere_cores"] for r in runs),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# parent side: launch one child per (model, config), collect, print, compare
+# ----------------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_isa_flags() -> list[str]:
+    """The CPU flags that decide bf16 speed (avx512_bf16, amx_*), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
+                                                            "avx512_fp16", "amx_bf16", "amx_tile"))
+    except OSError:
+        pass
+    return []
+
+
+def launch_worker(model: str, config: str, args: argparse.Namespace) -> dict:
+    tuned_malloc = CONFIGS[config][3]
+    env = dict(os.environ)
+    env.pop("GLIBC_TUNABLES", None)
+    if tuned_malloc:
+        env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", model, "--config", config,
+           "--batch-size", str(args.batch_size), "--samples", str(args.samples), "--warmup", str(args.warmup),
+           "--repeats", str(args.repeats), "--sigma", str(args.sigma), "--seed", str(args.seed)]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"no error output (exit status {proc.returncode})"
+        reason = reason.removeprefix("certify_throughput: error: ")
+        raise BenchError(f"worker {model}/{config} failed: {reason}")
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    raise BenchError(f"worker {model}/{config} printed no result")
+
+
+def fmt_rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def print_table(results: list[dict], models: list[str], configs: list[str]) -> dict:
+    """Print the results table; return {model: {config: ratio to baseline (median)}}."""
+    ratios: dict[str, dict[str, float]] = {}
+    header = (f"{'model':<10} {'configuration':<21} {'samples/s':>10} {'(min - max)':>17} {'x baseline':>10} "
+              f"{'cores':>6} {'elsewhere':>9} {'faults/batch':>12}")
+    print(header)
+    print("-" * len(header))
+    for model in models:
+        rows = {r["config"]: r for r in results if r["model"] == model}
+        base = rows.get("baseline")
+        ratios[model] = {}
+        for config in configs:
+            r = rows[config]
+            ratio = r["samples_per_s_median"] / base["samples_per_s_median"] if base else float("nan")
+            ratios[model][config] = ratio
+            cores = statistics.median(run["cpu_cores_used"] for run in r["runs"])
+            faults = statistics.median(run["minor_page_faults_per_batch"] for run in r["runs"])
+            span = f"{fmt_rate(r['samples_per_s_min'])} - {fmt_rate(r['samples_per_s_max'])}"
+            print(f"{model:<10} {config:<21} {fmt_rate(r['samples_per_s_median']):>10} {span:>17} "
+                  f"{ratio:>9.2f}x {cores:>6.2f} {r['busy_elsewhere_cores_max']:>9.2f} {faults:>12,.0f}")
+        print()
+    return ratios
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Noise samples/s of rrcm's Smooth vs Cohen et al.'s sampling loop "
+                                            "(CIFAR ResNets, random weights, CPU).")
+    p.add_argument("--models", default="resnet20,resnet110",
+                   help=f"comma-separated, from: {', '.join(MODELS)} (default: both)")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                   help=f"comma-separated, from: {', '.join(CONFIGS)} (default: {','.join(DEFAULT_CONFIGS)})")
+    p.add_argument("--batch-size", type=int, default=None, help="noise samples per forward pass, the same for "
+                   "every configuration (default 1000; 100 with --quick)")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"noise samples per timed measurement (default {DEFAULT_SAMPLES}; 200 with --quick)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="noise samples drawn before timing (default 2 batches; 1 batch with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"timed measurements per configuration; the table shows their median "
+                        f"(default {DEFAULT_REPEATS}; 1 with --quick)")
+    p.add_argument("--sigma", type=float, default=0.25, help="noise level (does not affect speed; default 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, image and noise (default 0)")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny sample counts, finishes in seconds")
+    p.add_argument("--json", metavar="PATH", help="also write all settings and results as JSON to PATH")
+    # internal: one measurement in a child process
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.batch_size is None:
+        args.batch_size = 100 if args.quick else 1000
+    if args.samples is None:
+        args.samples = 200 if args.quick else DEFAULT_SAMPLES
+    if args.warmup is None:
+        args.warmup = args.batch_size * (1 if args.quick else 2)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else DEFAULT_REPEATS
+    for name in ("batch_size", "samples", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        p.error("--warmup must be at least 0")
+    if not (args.sigma > 0):
+        p.error("--sigma must be positive")
+    if args.worker:
+        if args.model not in MODELS or args.config not in CONFIGS:
+            p.error("--worker needs --model and --config")
+        return args
+    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.config_list = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [m for m in args.model_list if m not in MODELS]
+    if bad or not args.model_list:
+        p.error(f"unknown model(s) {', '.join(bad) or '(none)'}; choose from {', '.join(MODELS)}")
+    bad = [c for c in args.config_list if c not in CONFIGS]
+    if bad or not args.config_list:
+        p.error(f"unknown configuration(s) {', '.join(bad) or '(none)'}; choose from {', '.join(CONFIGS)}")
+    if "baseline" not in args.config_list:
+        args.config_list.insert(0, "baseline")  # every ratio is against it
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_worker(args)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+
+    import torch  # only for the header; the measurements run in child processes
+
+    started = time.perf_counter()
+    started_at = datetime.datetime.now().astimezone()
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    meta = {
+        "command": "python " + command,
+        "date": started_at.isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_isa_flags(),
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python_version": platform.python_version(),
+        "mkldnn_available": torch.backends.mkldnn.is_available(),
+        "batch_size": args.batch_size,
+        "samples": args.samples,
+        "warmup_samples": args.warmup,
+        "repeats": args.repeats,
+        "sigma": args.sigma,
+        "seed": args.seed,
+        "input_shape": list(SHAPE),
+        "num_classes": NUM_CLASSES,
+        "glibc_tunables_for_malloc_configs": MALLOC_TUNABLES,
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+    print("rrcm certification throughput (noise samples/s; higher is better)")
+    print(f"  date        {meta['date']}")
+    print(f"  command     {meta['command']}")
+    print(f"  CPU         {meta['cpu_model']} ({meta['cpu_count']} logical CPUs; {' '.join(meta['cpu_flags'])})")
+    print(f"  torch       {meta['torch_version']}, {meta['torch_threads']} threads (default), python "
+          f"{meta['python_version']}")
+    print(f"  settings    batch size {args.batch_size}, {args.samples} samples x {args.repeats} timed repeats "
+          f"per configuration after {args.warmup} warm-up samples; input {'x'.join(map(str, SHAPE))}, "
+          f"{NUM_CLASSES} classes, random weights, eval mode, sigma {args.sigma}")
+    print(f"  malloc      '-malloc' configurations run with GLIBC_TUNABLES={MALLOC_TUNABLES}")
+    print(f"  load avg    {' '.join(f'{v:.2f}' for v in meta['loadavg_at_start'])} at start")
+    print()
+
+    results = []
+    for model in args.model_list:
+        for config in args.config_list:
+            t0 = time.perf_counter()
+            print(f"  measuring {model} / {config} ...", end="", flush=True, file=sys.stderr)
+            result = launch_worker(model, config, args)
+            result["wall_seconds_including_startup"] = time.perf_counter() - t0
+            print(f" {fmt_rate(result['samples_per_s_median'])} samples/s "
+                  f"({result['wall_seconds_including_startup']:.0f} s)", file=sys.stderr, flush=True)
+            results.append(result)
+    print(file=sys.stderr)
+
+    ratios = print_table(results, args.model_list, args.config_list)
+    print("samples/s: median of the timed repeats (range in brackets); x baseline: ratio of medians; cores: CPU")
+    print("cores this process used; elsewhere: most cores other processes kept busy during a repeat (should be ~0);")
+    print("faults/batch: minor page faults per forward batch (mmap churn of large buffers).")
+    print()
+    top, base = HEADLINE
+    headline = {}
+    if top in args.config_list:
+        for model in args.model_list:
+            ratio = ratios[model][top]
+            headline[model] = ratio
+            verdict = "meets" if ratio >= TARGET_SPEEDUP else "MISSES"
+            print(f"headline {model}: {top} vs {base}: {ratio:.2f}x ({verdict} the {TARGET_SPEEDUP:.0f}x target)")
+    busiest = max(r["busy_elsewhere_cores_max"] for r in results)
+    if busiest > 0.25:
+        print(f"warning: other processes kept up to {busiest:.2f} cores busy during the measurements; "
+              "figures are not clean; rerun on an idle machine")
+    elapsed = time.perf_counter() - started
+    print(f"total time {elapsed:.0f} s")
+
+    if args.json:
+        meta["loadavg_at_end"] = list(os.getloadavg())
+        meta["total_seconds"] = elapsed
+        payload = {"meta": meta, "results": results, "ratios_to_baseline": ratios,
+                   "headline": {"config": top, "against": base, "target": TARGET_SPEEDUP, "ratios": headline}}
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(payload, f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            raise BenchError(f"cannot write --json {args.json}: {e.strerror or e}") from e
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"certify_throughput: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("certify_throughput: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback, as the script promises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"certify_throughput: error: {type(e).__name__}: {first}", file=sys.stderr)
+        sys.exit(1)

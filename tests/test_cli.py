@@ -1,0 +1,160 @@
+"""The command line: every user mistake is one line, exit status 2, no traceback, no output file."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rrcm.checkpoint import read_checkpoint_config, save_checkpoint
+from rrcm.cli import main
+from rrcm.models import build_model
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    import re
+
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("rrcm: error: ")
+    assert "Traceback" not in err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(tiny_checkpoint, tmp_path_factory):
+    config = read_checkpoint_config(tiny_checkpoint)
+    model = build_model(config["model"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    path = tmp_path_factory.mktemp("nan") / "model.safetensors"
+    save_checkpoint(path, model, config)
+    return path
+
+
+CERTIFY_CASES = [
+    (["--sigma", "0"], r"sigma must be a positive"),
+    (["--sigma", "-0.25"], r"sigma must be a positive"),
+    (["--alpha", "1.5"], r"alpha must be in \(0, 1\)"),
+    (["--alpha", "0"], r"alpha must be in \(0, 1\)"),
+    (["--n0", "500", "--n", "100"], r"n0 \(500\) is larger than n \(100\)"),
+    (["--n0", "5", "--n", "8"], r"n = 8 can never certify at alpha = 0.001.*n >= 10"),
+    (["--data", "imagenet"], r"unknown data ?set|imagenet"),
+    (["--data", "mnist"], r"root|folder"),
+    (["--split", "validation"], r"split"),
+    (["--batch-size", "0"], r"batch size must be at least 1"),
+    (["--precision", "fp8"], r"precision"),
+    (["--bogus-flag"], r"unrecognized arguments: --bogus-flag"),
+]
+
+
+@pytest.mark.parametrize("extra,pattern", CERTIFY_CASES)
+def test_certify_bad_input(extra, pattern, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "log.tsv"
+    code, _, err = run_cli(["certify", "--checkpoint", tiny_checkpoint, "--n", "200", "--n0", "10",
+                            "--out", out, "--quiet", *extra], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_certify_missing_and_corrupt_checkpoint(tmp_path, capsys):
+    code, _, err = run_cli(["certify", "--checkpoint", tmp_path / "nope.safetensors", "--out", tmp_path / "l"], capsys)
+    assert_one_line_error(code, err, "checkpoint not found")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    code, _, err = run_cli(["certify", "--checkpoint", bad, "--out", tmp_path / "l"], capsys)
+    assert_one_line_error(code, err, "corrupt, truncated")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+
+
+def test_certify_checkpoint_data_mismatch(tiny_checkpoint, shared_dir, tmp_path, capsys):
+    code, _, err = run_cli(["certify", "--checkpoint", tiny_checkpoint, "--data", "mnist", "--data-root",
+                            shared_dir / "data" / "mnist", "--out", tmp_path / "l", "--n", "100"], capsys)
+    assert_one_line_error(code, err, r"expects 8 image size but the data set has 28")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_certify_nan_model(nan_checkpoint, tmp_path, capsys):
+    code, _, err = run_cli(["certify", "--checkpoint", nan_checkpoint, "--out", tmp_path / "l", "--n", "100",
+                            "--n0", "10", "--quiet"], capsys)
+    assert_one_line_error(code, err, "NaN")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_certify_dry_run_writes_nothing(tiny_checkpoint, tmp_path, capsys):
+    code, out, _ = run_cli(["certify", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "l", "--skip", "10",
+                            "--dry-run"], capsys)
+    assert code == 0
+    resolved = json.loads(out)
+    assert resolved["settings"]["sigma"] == 0.5 and resolved["examples"] == 50
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--method", "mixup"], "unknown method"),
+    (["--sigma", "0"], "sigma must be a positive"),
+    (["--arch", "resnet9000"], "resnet9000"),
+    (["--preset", "no-such-preset"], "unknown preset"),
+    (["--epochs", "ten"], "invalid int value"),
+    (["--data", "mnist", "--data-root", "/nonexistent/folder"], "/nonexistent/folder"),
+])
+def test_train_bad_input(extra, pattern, tmp_path, capsys):
+    code, _, err = run_cli(["train", "--out", tmp_path / "run", "--quiet", *extra], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_dry_run_prints_the_resolved_config(tmp_path, capsys):
+    code, out, _ = run_cli(["train", "--out", tmp_path / "run", "--arch", "vit", "--arch-option", "depth=2",
+                            "--method", "consistency", "--dry-run"], capsys)
+    assert code == 0
+    resolved = json.loads(out)
+    assert resolved["model"]["depth"] == 2 and resolved["model"]["image_size"] == 8
+    assert resolved["train"]["method"] == "consistency" and resolved["data"]["num_classes"] == 10
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_bad_logs(tmp_path, capsys):
+    code, _, err = run_cli(["report", tmp_path / "missing.tsv"], capsys)
+    assert_one_line_error(code, err, "missing.tsv")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\tx\t0.5\t1\t0:00:01\n")
+    code, _, err = run_cli(["report", bad], capsys)
+    assert_one_line_error(code, err, r"bad.tsv:2: column .predict.")
+    code, _, err = run_cli(["report", bad, "--radii", "a,b"], capsys)
+    assert code == 2
+
+
+def test_report_on_published_logs(shared_dir, tmp_path, capsys):
+    logs = sorted((shared_dir / "oracle" / "certify-logs" / "mnist" / "cohen").glob("noise_*"))
+    plot = tmp_path / "plot.png"
+    code, out, _ = run_cli(["report", *logs, "--format", "json", "--plot", plot], capsys)
+    assert code == 0
+    table = json.loads(out[: out.rindex("}") + 1])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rrcm", "certify", "--checkpoint", str(tmp_path / "x"),
+                             "--out", str(tmp_path / "log")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("rrcm: error: checkpoint not found")
+    assert "Traceback" not in result.stderr
+
+
+def test_every_command_has_help(capsys):
+    for command in ("demo", "train", "certify", "report"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: rrcm " + command in capsys.readouterr().out
