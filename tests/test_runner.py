@@ -81,7 +81,8 @@ def test_resume_after_interruption_gives_the_same_log(model_and_data, reference_
                         progress=False)
     assert not path.exists()
     (part,) = part_paths(path)
-    assert len(part.read_text().splitlines()) == 1 + 5
+    # the runner's preflight fetches the first example once, then 4 are certified before the 6th fetch
+    assert len(part.read_text().splitlines()) == 1 + 4
     with open(part, "a") as f:  # a row torn by the interruption
         f.write("125\t3\t3\t0.4")
     certify_dataset(model, data, SETTINGS, path, ctx=CPU, checkpoint_path=tiny_checkpoint, progress=False)

@@ -140,3 +140,22 @@ def test_training_state_round_trip(tmp_path):
     opt2 = torch.optim.AdamW(model.parameters())
     opt2.load_state_dict(back["optimizer"])
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_training_runs_and_checkpoints(tmp_path, cli_env):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "rrcm",
+           "train", "--data", "digits", "--arch", "lenet5", "--sigma", "0.25", "--epochs", "2", "--batch-size", "64",
+           "--device", "cpu", "--out", str(out), "--quiet"]
+    result = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model, config = load_checkpoint(out / "model.safetensors")
+    assert config["epochs_trained"] == 2
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(math.isfinite(float(r["loss"])) for r in rows)

@@ -28,14 +28,6 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    return value
-
-
 # -- presets ---------------------------------------------------------------------------------------
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -240,7 +232,7 @@ def add_report_parser(sub) -> None:
 def run_report(args) -> int:
     from . import report
     from .certlog import read_log
-    from .fileio import write_text_atomic
+    from .fileio import write_json_atomic, write_text_atomic
 
     logs = []
     for item in args.logs:
@@ -254,13 +246,17 @@ def run_report(args) -> int:
     else:
         radii = report.default_radii(max(float(log.radius.max(initial=0.0)) for log in logs))
     text = report.build_report(logs, radii, fmt=args.format, envelope=not args.no_envelope)
+    resolved = {"command": "report", "logs": [{"label": log.label, "path": str(log.path)} for log in logs],
+                "radii": radii, "format": args.format, "envelope": not args.no_envelope}
     if args.out:
         write_text_atomic(args.out, text)
+        write_json_atomic(f"{args.out}.json", resolved)
         print(f"table: {args.out}")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     if args.plot:
         report.plot_certified_accuracy(logs, args.plot, title=args.title, envelope=not args.no_envelope)
+        write_json_atomic(f"{args.plot}.json", resolved)
         print(f"plot: {args.plot}")
     return 0
 

@@ -129,6 +129,7 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
     if ctx.is_main:
         print(f"training {cfg.arch} ({count_parameters(model):,} parameters) with {cfg.method} noise "
               f"σ={cfg.sigma} on {cfg.data} ({num_examples} images) for {cfg.epochs} epochs on {device}")
+    tensorboard = _tensorboard_writer(out_dir) if ctx.is_main else None
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
     for epoch in range(start_epoch, cfg.epochs):
@@ -171,6 +172,10 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
         metric_rows.append({"epoch": epoch + 1, "step": step, "lr": lr, "loss": float(totals[0] / totals[2]),
                             "noisy_train_accuracy": float(totals[1] / totals[2]),
                             "seconds": round(time.perf_counter() - t0, 3)})
+        if tensorboard is not None:
+            for key in ("loss", "noisy_train_accuracy", "lr"):
+                tensorboard.add_scalar(f"train/{key}", metric_rows[-1][key], epoch + 1)
+            tensorboard.flush()
         if ctx.is_main and progress:
             row = metric_rows[-1]
             tqdm.write(f"epoch {row['epoch']}: loss {row['loss']:.4f}, noisy train accuracy "
@@ -191,6 +196,15 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
     if ctx.enabled:
         torch.distributed.barrier()
     return final_path
+
+
+def _tensorboard_writer(out_dir: Path):
+    """A TensorBoard writer when the tensorboard package is installed; metrics.csv is always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
 def _gather_generator_states(ctx: DistContext, generator: torch.Generator) -> list[torch.Tensor]:
