@@ -127,8 +127,17 @@ def run_train(args) -> int:
     if args.dry_run:
         print(json.dumps(resolve_run_config(cfg), indent=2, sort_keys=True))
         return 0
-    path = train_classifier(cfg, args.out, progress=not args.quiet)
-    print(f"checkpoint: {path}")
+    from .distributed import init_distributed, shutdown
+
+    ctx = init_distributed(cfg.device)
+    try:
+        path = train_classifier(cfg, args.out, progress=not args.quiet)
+    except BaseException:
+        shutdown(ctx, failed=True)
+        raise
+    shutdown(ctx)
+    if ctx.is_main:
+        print(f"checkpoint: {path}")
     return 0
 
 
@@ -207,8 +216,10 @@ def run_certify(args) -> int:
         log = certify_dataset(model, dataset, settings, args.out, ctx=ctx, checkpoint_path=args.checkpoint,
                               data_source={"name": data_name, "split": args.split, "root": args.data_root},
                               progress=not args.quiet)
-    finally:
-        shutdown(ctx)
+    except BaseException:
+        shutdown(ctx, failed=True)
+        raise
+    shutdown(ctx)
     if ctx.is_main:
         print(f"log: {log}")
     return 0

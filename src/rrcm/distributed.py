@@ -53,6 +53,12 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, *, failed: bool = False) -> None:
+    """Leave the process group together: a process that exits while a peer still talks to it aborts.
+
+    After a failure there is no barrier (the peers may never reach it); torchrun stops them.
+    """
     if ctx.enabled and dist.is_initialized():
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()

@@ -318,7 +318,8 @@ def plot_certified_accuracy(
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for log, curve in zip(logs, curves):
-        name = log.label if log.sigma is None else f"{log.label} (σ={log.sigma:g})"
+        # name σ unless the label already does
+        name = log.label if log.sigma is None or "σ" in log.label else f"{log.label} (σ={log.sigma:g})"
         axes.plot(grid, curve, linewidth=1.4, label=name)
     if draw_envelope:
         axes.plot(grid, np.max(curves, axis=0), "k--", linewidth=1.2, label="envelope")
