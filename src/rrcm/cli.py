@@ -57,6 +57,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--data": ("data", str, "data set: digits, mnist, cifar10, imagefolder"),
     "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
+    "--image-size": ("image_size", int, "imagefolder: resize + centre-crop side (default 224)"),
     "--arch": ("arch", str, "model architecture (lenet, cifar_resnet20, cifar_resnet110, vit)"),
     "--method": ("method", str, "gaussian (Cohen et al.) or consistency (Jeong & Shin)"),
     "--sigma": ("sigma", float, "training noise σ on [0, 1] pixels"),
@@ -201,7 +202,9 @@ def run_certify(args) -> int:
     data_name = args.data or ckpt_config.get("data", {}).get("name")
     if data_name is None:
         raise UserError("the checkpoint records no data set; give --data")
-    dataset = load_dataset(data_name, args.split, args.data_root)
+    # ImageFolder images are resized to the size the model was trained at; fixed-size sets are checked.
+    image_size = ckpt_config["model"].get("image_size") if data_name == "imagefolder" else None
+    dataset = load_dataset(data_name, args.split, args.data_root, image_size=image_size)
     check_checkpoint_matches_data(ckpt_config, dataset.info, args.checkpoint)
     if args.dry_run:
         from dataclasses import asdict
@@ -314,8 +317,16 @@ def _reexec_with_malloc_settings(argv: Sequence[str]) -> None:
         pass  # run on without the setting: slower, same results
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"rrcm: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
+    if from_command_line:  # one plain line per warning, not Python's two-line source listing
+        import warnings
+
+        warnings.showwarning = _show_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

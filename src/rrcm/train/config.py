@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "adamw")
 class TrainConfig:
     data: str = "digits"
     data_root: str | None = None
+    image_size: int | None = None  # imagefolder only: resize + centre-crop side (default 224)
     arch: str = "lenet"
     arch_options: dict[str, Any] = field(default_factory=dict)
     method: str = "gaussian"

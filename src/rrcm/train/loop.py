@@ -65,10 +65,11 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def resolve_run_config(cfg: TrainConfig) -> dict[str, Any]:
+def resolve_run_config(cfg: TrainConfig, info=None) -> dict[str, Any]:
     """Everything the run will use, resolved: what `--dry-run` prints and `config.json` holds."""
     cfg.validate()
-    info = load_dataset(cfg.data, "train", cfg.data_root).info
+    if info is None:
+        info = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size).info
     try:
         arch = model_config(cfg.arch, num_classes=info.num_classes, in_channels=info.channels,
                             image_size=info.image_size, mean=list(info.mean), std=list(info.std), **cfg.arch_options)
@@ -85,7 +86,9 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
     `stop_after_epoch` ends the run early after that epoch's checkpoint, as an interruption would.
     """
     out_dir = Path(out_dir)
-    run_config = resolve_run_config(cfg)
+    cfg.validate()
+    dataset = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)
+    run_config = resolve_run_config(cfg, dataset.info)
     ctx = init_distributed(cfg.device)
     final_path = out_dir / MODEL_FILE
     if final_path.exists():
@@ -99,7 +102,6 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
     if ctx.is_main:
         write_json_atomic(out_dir / CONFIG_FILE, run_config)
 
-    dataset = load_dataset(cfg.data, "train", cfg.data_root)
     device = ctx.device
     torch.manual_seed(derive_seed(cfg.seed, 0))  # identical initial weights on every process
     model = build_model(run_config["model"]).to(device)
