@@ -37,6 +37,14 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
+    # rRCM fine-tuning (arch rrcm_vit) and general fine-tuning options
+    pretrained: str | None = None  # encoder.safetensors from `rrcm pretrain`
+    layer_decay: float | None = None  # layer-wise learning-rate decay, e.g. 0.65
+    freeze_head: bool = False  # ablation: keep the head at its initial values (the authors' released code does)
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(α, α) parameter; 0 disables
+    cutmix: float = 0.0  # Beta(α, α) parameter; 0 disables
+    grad_clip: float | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -63,5 +71,11 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"layer decay must lie in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.label_smoothing < 1 or self.mixup < 0 or self.cutmix < 0:
+            raise UserError("label smoothing must lie in [0, 1) and mixup/cutmix must be >= 0")
+        if self.pretrained is not None and self.arch != "rrcm_vit":
+            raise UserError("--pretrained takes an rRCM encoder and needs --arch rrcm_vit")
         if self.method == "consistency" and self.num_noise < 2:
             raise UserError("consistency regularisation needs --num-noise >= 2 noisy copies")

@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import platform
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, diffusion
 from ..checkpoint import load_state, read_checkpoint_config, save_checkpoint, save_state
 from ..data import load_dataset
 from ..data.augment import train_augment
@@ -31,6 +32,7 @@ from ..fileio import write_json_atomic, write_text_atomic
 from ..models import build_model, count_parameters, model_config
 from ..smoothing.noise import derive_seed
 from .config import TrainConfig
+from .mixing import mix_batch
 from .objectives import consistency_objective, gaussian_objective
 
 MODEL_FILE = "model.safetensors"
@@ -55,11 +57,33 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on biases and normalisation parameters (1-D tensors).
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def layer_id(name: str, depth: int) -> int:
+    """Depth of a ViT parameter for layer-wise decay: embeddings 0, block i → i + 1, the rest depth + 1."""
+    match = re.search(r"(?:^|\.)blocks\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    if re.search(r"(patch|pos|cls|time|token|embed)", name) and not name.startswith("head"):
+        return 0
+    return depth + 1
+
+
+def parameter_groups(cfg: TrainConfig, model: torch.nn.Module, depth: int | None) -> list[dict]:
+    """No weight decay on biases and norms (1-D tensors); with layer decay, lr scale decay^(depth+1−layer)."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = layer_id(name, depth) if (cfg.layer_decay is not None and depth is not None) else 0
+        scale = cfg.layer_decay ** ((depth + 1) - layer) if (cfg.layer_decay is not None and depth is not None) else 1.0
+        key = (layer, p.ndim > 1)
+        group = groups.setdefault(key, {"params": [], "weight_decay": cfg.weight_decay if p.ndim > 1 else 0.0,
+                                        "lr_scale": scale})
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, depth: int | None = None) -> torch.optim.Optimizer:
+    groups = parameter_groups(cfg, model, depth)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -70,13 +94,34 @@ def resolve_run_config(cfg: TrainConfig, info=None) -> dict[str, Any]:
     cfg.validate()
     if info is None:
         info = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size).info
+    options = dict(cfg.arch_options)
+    extra: dict[str, Any] = {}
+    if cfg.arch == "rrcm_vit":
+        # The encoder is told the noise level: 2σ in [−1, 1] space, snapped to the final Karras grid.
+        extra["conditioning"] = diffusion.conditioning_sigma(cfg.sigma)
+        options["condition_sigma"] = extra["conditioning"]["sigma_condition"]
+        if cfg.pretrained:
+            encoder_config = read_checkpoint_config(cfg.pretrained)
+            if encoder_config.get("kind") != "rrcm_encoder":
+                raise UserError(f"{cfg.pretrained} is not a pre-trained rRCM encoder; give the encoder.safetensors "
+                                "written by `rrcm pretrain`")
+            pretrained_model = encoder_config["model"]
+            if (pretrained_model["in_channels"], pretrained_model["image_size"]) != (info.channels, info.image_size):
+                raise UserError(f"{cfg.pretrained} was pre-trained on {pretrained_model['in_channels']}×"
+                                f"{pretrained_model['image_size']}² images but the data has {info.channels}×"
+                                f"{info.image_size}²; fine-tune on the data it was pre-trained on")
+            keep = ("patch_size", "width", "depth", "heads", "mlp_ratio")
+            options = {**{k: pretrained_model[k] for k in keep if k in pretrained_model}, **options}
+            extra["pretrained"] = {"path": cfg.pretrained, "data": encoder_config.get("data"),
+                                   "steps_trained": encoder_config.get("steps_trained")}
     try:
         arch = model_config(cfg.arch, num_classes=info.num_classes, in_channels=info.channels,
-                            image_size=info.image_size, mean=list(info.mean), std=list(info.std), **cfg.arch_options)
+                            image_size=info.image_size, mean=list(info.mean), std=list(info.std), **options)
     except (ValueError, TypeError) as e:
         raise UserError(f"invalid model options for {cfg.arch!r}: {e}") from None
     return {"command": "train", "rrcm_version": __version__, "torch_version": torch.__version__,
-            "python": platform.python_version(), "train": cfg.to_dict(), "model": arch, "data": info.to_dict()}
+            "python": platform.python_version(), "train": cfg.to_dict(), "model": arch, "data": info.to_dict(),
+            **extra}
 
 
 def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True,
@@ -104,8 +149,14 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
 
     device = ctx.device
     torch.manual_seed(derive_seed(cfg.seed, 0))  # identical initial weights on every process
-    model = build_model(run_config["model"]).to(device)
-    optimizer = make_optimizer(cfg, model)
+    model = build_model(run_config["model"])
+    if cfg.pretrained:
+        _load_pretrained_encoder(model, cfg.pretrained)
+    if cfg.freeze_head:
+        for p in model.head.parameters():
+            p.requires_grad_(False)
+    model.to(device)
+    optimizer = make_optimizer(cfg, model, run_config["model"].get("depth") if cfg.arch == "rrcm_vit" else None)
     train_model = model
     if ctx.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -149,20 +200,27 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
             x, y = dataset.batch(local)
             if augment is not None:
                 x = augment(x, augment_generator)
+            targets = y
+            if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0:
+                x, targets = mix_batch(x, y, dataset.info.num_classes, augment_generator, mixup_alpha=cfg.mixup,
+                                       cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
             lr = learning_rate(cfg, step, total_steps, steps_per_epoch)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             with autocast:
                 if cfg.method == "gaussian":
-                    out = gaussian_objective(train_model, x, y, sigma=cfg.sigma, generator=noise_generator)
+                    out = gaussian_objective(train_model, x, targets, sigma=cfg.sigma, generator=noise_generator)
                 else:
-                    out = consistency_objective(train_model, x, y, sigma=cfg.sigma, generator=noise_generator,
+                    out = consistency_objective(train_model, x, targets, sigma=cfg.sigma, generator=noise_generator,
                                                 num_noise=cfg.num_noise, lbd=cfg.lbd, eta=cfg.eta)
             if not torch.isfinite(out.loss):
                 raise UserError(f"training diverged (loss {float(out.loss)} at step {step}); lower --lr")
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             step += 1
             loss_sum += out.loss.detach() * len(y)
@@ -192,12 +250,28 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
     if ctx.is_main:
         checkpoint_config = {"kind": "classifier", "rrcm_version": __version__, "model": run_config["model"],
                              "data": run_config["data"], "sigma": cfg.sigma, "method": cfg.method,
-                             "train": run_config["train"], "epochs_trained": cfg.epochs}
+                             "train": run_config["train"], "epochs_trained": cfg.epochs,
+                             **{k: run_config[k] for k in ("conditioning", "pretrained") if k in run_config}}
         save_checkpoint(final_path, model, checkpoint_config)
         state_path.unlink(missing_ok=True)
     if ctx.enabled:
         torch.distributed.barrier()
     return final_path
+
+
+def _load_pretrained_encoder(model: torch.nn.Module, path: str) -> None:
+    """Copy the `encoder.*` weights of a pre-trained rRCM encoder into the classifier; the head stays new."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - any read failure is the same user mistake
+        raise UserError(f"cannot read pre-trained weights from {path} ({e}); give the encoder.safetensors "
+                        "written by `rrcm pretrain`") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("head.") for k in missing):
+        raise UserError(f"{path} does not match the classifier's encoder (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); fine-tune with the architecture it was pre-trained with")
 
 
 def _tensorboard_writer(out_dir: Path):

@@ -28,13 +28,17 @@ def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torc
 
 
 def gaussian_objective(model, x, y, *, sigma: float, generator: torch.Generator) -> ObjectiveOutput:
+    """`y`: class indices (B,) or soft targets (B, K)."""
     logits = model(add_noise(x, sigma, generator))
     loss = F.cross_entropy(logits.float(), y)
     return ObjectiveOutput(loss, logits, {"xent": float(loss.detach())})
 
 
 def consistency_losses(logits_per_copy: list[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy, mean KL(p̄ ‖ p_i), entropy of p̄), each averaged over the batch."""
+    """(mean cross-entropy, mean KL(p̄ ‖ p_i), entropy of p̄), each averaged over the batch.
+
+    `y`: class indices (B,) or soft targets (B, K) (mixup, cutmix, label smoothing).
+    """
     logits_per_copy = [logits.float() for logits in logits_per_copy]
     xent = torch.stack([F.cross_entropy(logits, y) for logits in logits_per_copy]).mean()
     log_probs = [F.log_softmax(logits, dim=1) for logits in logits_per_copy]
