@@ -37,7 +37,7 @@ def pixels(kind, batch: int = 4, seed: int = 1) -> torch.Tensor:
 
 
 def test_registered_archs():
-    assert set(ARCHS) == {"lenet", "lenet5", "cifar_resnet", "cifar_resnet20", "cifar_resnet110", "vit"}
+    assert set(ARCHS) == {"lenet", "lenet5", "cifar_resnet", "cifar_resnet20", "cifar_resnet110", "vit", "rrcm_vit"}
 
 
 @pytest.mark.parametrize("arch,kind", CASES)

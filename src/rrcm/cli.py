@@ -75,23 +75,124 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
     "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
     "--checkpoint-every": ("checkpoint_every", int, "epochs between resumable checkpoints"),
+    "--pretrained": ("pretrained", str, "rRCM: encoder.safetensors from `rrcm pretrain` (arch rrcm_vit)"),
+    "--layer-decay": ("layer_decay", float, "layer-wise learning-rate decay for ViTs, e.g. 0.65"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing ε"),
+    "--mixup": ("mixup", float, "mixup Beta(α, α) parameter (0: off)"),
+    "--cutmix": ("cutmix", float, "CutMix Beta(α, α) parameter (0: off)"),
+    "--grad-clip": ("grad_clip", float, "clip the gradient norm at this value"),
+}
+
+# `rrcm finetune` is `rrcm train` with the rRCM fine-tuning defaults (flags and presets override them).
+FINETUNE_DEFAULTS = {"arch": "rrcm_vit", "method": "consistency", "optimizer": "adamw", "lr": 5e-4,
+                     "weight_decay": 0.05, "layer_decay": 0.65, "num_noise": 2, "lbd": 10.0, "eta": 0.5,
+                     "warmup_epochs": 1.0, "grad_clip": 3.0}
+
+PRETRAIN_FLAGS = {  # flag -> (PretrainConfig field, type, help)
+    "--data": ("data", str, "data set: digits, mnist, cifar10, imagefolder"),
+    "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
+    "--image-size": ("image_size", int, "imagefolder: resize + centre-crop side (default 224)"),
+    "--steps": ("steps", int, "optimisation steps"),
+    "--batch-size": ("batch_size", int, "global batch size (negatives = the rest of it)"),
+    "--lr": ("lr", float, "peak learning rate (AdamW; warm-up, then cosine decay)"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay"),
+    "--warmup-steps": ("warmup_steps", int, "linear warm-up steps"),
+    "--grad-clip": ("grad_clip", float, "gradient-norm clipping"),
+    "--temperature": ("temperature", float, "InfoNCE temperature τ"),
+    "--ema-schedule": ("ema_schedule", str, "fixed or sigmoid (ramp from --ema-base to --ema-final)"),
+    "--ema-base": ("ema_base", float, "EMA rate of the target network (default 0.99)"),
+    "--ema-final": ("ema_final", float, "final EMA rate of the sigmoid ramp (default 0.9999)"),
+    "--trajectory-weight": ("trajectory_weight", float, "weight of the trajectory term (0: ablate it)"),
+    "--instance-weight": ("instance_weight", float, "weight of the instance-discrimination term (0: ablate it)"),
+    "--crop-scale-min": ("crop_scale_min", float, "smallest random-resized-crop area for the views"),
+    "--seed": ("seed", int, "random seed"),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
+    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--checkpoint-every": ("checkpoint_every", int, "steps between resumable checkpoints"),
+    "--log-every": ("log_every", int, "steps per metrics row"),
 }
 
 
-def add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a smoothed-classifier baseline (Gaussian or consistency)",
-                       description="Train a base classifier with Gaussian noise augmentation or consistency "
-                                   "regularisation. Re-running the same command resumes an interrupted run.")
+def _add_flags(p, flags: dict) -> None:
     p.add_argument("--preset", help=f"YAML preset ({', '.join(list_presets())}) or a YAML file; flags override it")
-    for flag, (_, kind, text) in TRAIN_FLAGS.items():
+    for flag, (_, kind, text) in flags.items():
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--arch-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="architecture option, e.g. width=64 (repeatable)")
-    p.add_argument("--no-augment", action="store_true", help="disable the data set's standard augmentation")
-    p.add_argument("--out", required=True, help="output folder (checkpoint, config.json, metrics.csv)")
+                   help="architecture option, e.g. width=64 or size=tiny (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(run=run_train)
+
+
+def add_train_parser(sub) -> None:
+    for name, short, text, defaults in (
+        ("train", "train a smoothed-classifier baseline (Gaussian or consistency)",
+         "Train a base classifier with Gaussian noise augmentation or consistency regularisation.", {}),
+        ("finetune", "fine-tune an rRCM classifier for one smoothing σ", "Fine-tune an rRCM classifier (time-conditioned ViT + linear head) for one smoothing σ: "
+                     "noise 2σ in [-1, 1] space, conditioning snapped to the Karras grid, cross-entropy plus the "
+                     "consistency regulariser, AdamW with layer-wise decay. Give --pretrained, or omit it for "
+                     "the no-pre-training ablation.", FINETUNE_DEFAULTS)):
+        p = sub.add_parser(name, help=short,
+                           description=text + " Re-running the same command resumes an interrupted run.")
+        _add_flags(p, TRAIN_FLAGS)
+        p.add_argument("--freeze-head", action="store_true",
+                       help="ablation: keep the head at its initial values (as the authors' released code does)")
+        p.add_argument("--no-augment", action="store_true", help="disable the data set's standard augmentation")
+        p.add_argument("--out", required=True, help="output folder (checkpoint, config.json, metrics.csv)")
+        p.set_defaults(run=run_train, base_defaults=defaults)
+
+
+def add_pretrain_parser(sub) -> None:
+    p = sub.add_parser("pretrain", help="pre-train an rRCM encoder by contrastive denoising",
+                       description="Pre-train a time-conditioned ViT with the trajectory and instance-discrimination "
+                                   "InfoNCE terms (global-batch negatives, EMA target). Re-running resumes.")
+    _add_flags(p, PRETRAIN_FLAGS)
+    p.add_argument("--symmetric", action="store_true", help="symmetric instance-discrimination loss")
+    p.add_argument("--no-blur", action="store_true", help="no Gaussian blur in the views (tiny images)")
+    p.add_argument("--out", required=True, help="output folder (encoder.safetensors, config.json, metrics.csv)")
+    p.set_defaults(run=run_pretrain)
+
+
+def _collect(args, flags: dict, base: dict) -> dict[str, Any]:
+    """Dataclass defaults < command defaults < preset < flags."""
+    values: dict[str, Any] = dict(base)
+    if args.preset:
+        values.update(load_preset(args.preset))
+    for flag, (field, _, _) in flags.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            values[field] = value
+    if args.arch_option:
+        values["arch_options"] = {**values.get("arch_options", {}), **_parse_key_values(args.arch_option)}
+    return values
+
+
+def run_pretrain(args) -> int:
+    from .distributed import init_distributed, shutdown
+    from .train.pretrain import PretrainConfig, pretrain, resolve_pretrain_config
+
+    values = _collect(args, PRETRAIN_FLAGS, {})
+    if args.symmetric:
+        values["symmetric"] = True
+    if args.no_blur:
+        values["blur"] = False
+    cfg = PretrainConfig.from_dict(values)
+    if args.dry_run:
+        from .data import load_dataset
+
+        cfg.validate()
+        info = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size).info
+        print(json.dumps(resolve_pretrain_config(cfg, info), indent=2, sort_keys=True))
+        return 0
+    ctx = init_distributed(cfg.device)
+    try:
+        path = pretrain(cfg, args.out, progress=not args.quiet, ctx=ctx)
+    except BaseException:
+        shutdown(ctx, failed=True)
+        raise
+    shutdown(ctx)
+    if ctx.is_main:
+        print(f"encoder: {path}")
+    return 0
 
 
 def _parse_key_values(items: Sequence[str]) -> dict[str, Any]:
@@ -109,15 +210,11 @@ def _parse_key_values(items: Sequence[str]) -> dict[str, Any]:
 def train_config_from_args(args) -> "TrainConfig":
     from .train.config import TrainConfig
 
-    values: dict[str, Any] = load_preset(args.preset) if args.preset else {}
-    for flag, (field, _, _) in TRAIN_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            values[field] = value
-    if args.arch_option:
-        values["arch_options"] = {**values.get("arch_options", {}), **_parse_key_values(args.arch_option)}
+    values = _collect(args, TRAIN_FLAGS, getattr(args, "base_defaults", {}))
     if args.no_augment:
         values["augment"] = False
+    if args.freeze_head:
+        values["freeze_head"] = True
     return TrainConfig.from_dict(values)
 
 
@@ -190,6 +287,9 @@ def run_certify(args) -> int:
     from .smoothing.runner import CertifySettings, certify_dataset
 
     ckpt_config = read_checkpoint_config(args.checkpoint)
+    if ckpt_config.get("kind") == "rrcm_encoder":
+        raise UserError(f"{args.checkpoint} is a pre-trained rRCM encoder, not a classifier; fine-tune it first "
+                        "(`rrcm finetune --pretrained ...`) and certify the fine-tuned model")
     sigma = args.sigma if args.sigma is not None else ckpt_config.get("sigma")
     if sigma is None:
         raise UserError("the checkpoint records no σ; give --sigma")
@@ -302,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
     add_demo_parser(sub)
     add_train_parser(sub)
+    add_pretrain_parser(sub)
     add_certify_parser(sub)
     add_report_parser(sub)
     return parser
@@ -335,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         # Only a real command-line start re-executes; a call from Python (tests) must not be replaced.
-        if from_command_line and args.command in ("certify", "train", "demo") and not getattr(args, "dry_run", False):
+        if from_command_line and args.command in ("certify", "train", "finetune", "pretrain", "demo") and not getattr(args, "dry_run", False):
             _reexec_with_malloc_settings(argv)
         return int(args.run(args) or 0)
     except UserError as e:

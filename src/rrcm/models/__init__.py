@@ -8,6 +8,10 @@ identical model with `build_model`.
 
     cfg = model_config("vit", num_classes=10, in_channels=1, image_size=8, mean=[0.5], std=[0.5])
     model = build_model(cfg)
+
+The "rrcm_vit" arch (the rRCM classifier, `time_vit.RRCMClassifier`) also takes `size=` (a key of
+`RRCM_VIT_SIZES`), which fills patch_size/width/depth/heads, and always uses mean = std = 0.5
+whatever mean/std it is given (the encoder works in the diffusion's [-1, 1] space).
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from torch import nn
 from .lenet import LeNet, default_lenet_padding, lenet_feature_size
 from .normalize import Normalize
 from .resnet_cifar import BLOCK_TYPES, CifarResNet, blocks_per_stage
+from .time_vit import (RRCM_VIT_SIZES, Projector, RRCMClassifier, TimeConditionedViT, build_rrcm_classifier,
+                       encoder_from_config, prepare_rrcm_vit_config, rrcm_vit_defaults)
 from .vit import VisionTransformer, default_patch_size
 
 __all__ = ["ARCHS", "build_model", "model_config", "count_parameters",
-           "Normalize", "LeNet", "CifarResNet", "VisionTransformer"]
+           "Normalize", "LeNet", "CifarResNet", "VisionTransformer",
+           "TimeConditionedViT", "RRCMClassifier", "Projector", "RRCM_VIT_SIZES", "encoder_from_config"]
 
 COMMON_KEYS = ("arch", "num_classes", "in_channels", "image_size", "mean", "std")
 
@@ -38,6 +45,8 @@ class _ArchSpec:
     defaults: Callable[[dict], dict]  # the arch's own keys with default values, given the common keys
     check: Callable[[dict], None]     # validates the arch's own keys of a filled config
     build: Callable[[dict], nn.Module]
+    # optional rewrite of the raw config before anything else (rrcm_vit: fixed mean/std, size presets)
+    prepare: Callable[[Mapping[str, Any]], dict] | None = None
 
 
 # ---- value checks (TypeError for a wrong type, ValueError for a wrong value; both name the key)
@@ -144,6 +153,15 @@ def _build_vit(cfg: dict) -> nn.Module:
                              **{k: cfg[k] for k in ("patch_size", "width", "depth", "heads", "mlp_ratio")})
 
 
+# ---- rRCM classifier (time-conditioned ViT encoder + linear head); see time_vit.py
+
+def _check_rrcm_vit(cfg: dict) -> None:
+    _check_vit(cfg)
+    cfg["time_embed_dim"] = _int(cfg, "time_embed_dim", 2)
+    cfg["condition_sigma"] = _real(cfg, "condition_sigma", positive=True)
+    cfg["sigma_data"] = _real(cfg, "sigma_data", positive=True)
+
+
 _REGISTRY: dict[str, _ArchSpec] = {
     "lenet": _lenet_spec(conv_channels=(20, 50), hidden=(500,)),
     "lenet5": _lenet_spec(conv_channels=(6, 16), hidden=(120, 84)),
@@ -153,6 +171,8 @@ _REGISTRY: dict[str, _ArchSpec] = {
     "cifar_resnet20": _fixed_resnet_spec(20),
     "cifar_resnet110": _fixed_resnet_spec(110),
     "vit": _ArchSpec(defaults=_vit_defaults, check=_check_vit, build=_build_vit),
+    "rrcm_vit": _ArchSpec(defaults=rrcm_vit_defaults, check=_check_rrcm_vit, build=build_rrcm_classifier,
+                          prepare=prepare_rrcm_vit_config),
 }
 
 ARCHS: tuple[str, ...] = tuple(_REGISTRY)
@@ -173,6 +193,8 @@ def _resolve(config: Mapping[str, Any]) -> tuple[dict, _ArchSpec]:
     if missing:
         raise ValueError(f"model config for {arch!r} is missing key(s): {', '.join(missing)}")
     spec = _REGISTRY[arch]
+    if spec.prepare is not None:
+        config = spec.prepare(config)
     cfg = {k: config[k] for k in COMMON_KEYS}
     _check_common(cfg)
     defaults = spec.defaults(cfg)

@@ -30,19 +30,31 @@ def gather_keys(keys: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+_STATISTICS_GROUP = None
+
+
+def _statistics_group():
+    """A process group of its own for batch-norm statistics: DDP reduces gradients on the default group
+    from another thread during backward, and two streams of collectives on one gloo group interleave."""
+    global _STATISTICS_GROUP
+    if _STATISTICS_GROUP is None:
+        _STATISTICS_GROUP = dist.new_group(backend=dist.get_backend())
+    return _STATISTICS_GROUP
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over processes whose backward also sums: every process's loss sees the global statistics."""
 
     @staticmethod
     def forward(ctx, tensor):
         tensor = tensor.clone()
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=_statistics_group())
         return tensor
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.clone()
-        dist.all_reduce(grad)
+        dist.all_reduce(grad, group=_statistics_group())
         return grad
 
 
@@ -62,9 +74,9 @@ class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
             return super().forward(x)
         x32 = x.float()
         count = all_reduce_sum(torch.tensor([float(x.shape[0])], device=x.device))
-        total = all_reduce_sum(torch.cat([x32.sum(0), (x32 * x32).sum(0)]))
-        mean = total[: x.shape[1]] / count
-        var = total[x.shape[1]:] / count - mean * mean
+        # two passes (mean, then squared deviations), as BatchNorm does, for the same rounding
+        mean = all_reduce_sum(x32.sum(0)) / count
+        var = all_reduce_sum(((x32 - mean) ** 2).sum(0)) / count
         with torch.no_grad():
             n = float(count)
             self.running_mean.lerp_(mean.detach(), self.momentum)
@@ -87,6 +99,28 @@ def convert_to_global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
         else:
             convert_to_global_batchnorm(child)
     return module
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Average every parameter's gradient over processes, in one flat all-reduce after backward.
+
+    Pre-training does this instead of wrapping the model in DistributedDataParallel: DDP's bucketed
+    reduction runs concurrently with the batch-norm collectives of the backward pass, and under gloo
+    the two produced wrong gradients here; it also needs every parameter used in every step, which
+    the term ablations break. Parameters without a gradient count as zero.
+    """
+    if not _distributed():
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
 
 
 def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:

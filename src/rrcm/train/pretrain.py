@@ -38,7 +38,7 @@ from ..errors import UserError
 from ..fileio import write_json_atomic, write_text_atomic
 from ..models import count_parameters, model_config
 from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config
-from .contrastive import EMATarget, convert_to_global_batchnorm, ema_momentum, info_nce
+from .contrastive import EMATarget, average_gradients, convert_to_global_batchnorm, ema_momentum, info_nce
 from .loop import seeded_generator
 
 ENCODER_FILE = "encoder.safetensors"
@@ -205,10 +205,9 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    train_model = model
-    if ctx.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if ctx.enabled:  # identical start on every process (the seed already makes it so; this makes sure)
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, 0)
 
     step, metric_rows = 0, []
     state_path = out_dir / STATE_FILE
@@ -244,13 +243,14 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         model.train()
         model.target.network.train()
         with autocast:
-            loss, parts = train_model(batch, float(grid[i]), float(grid[i + 1]), temperature=cfg.temperature,
+            loss, parts = model(batch, float(grid[i]), float(grid[i + 1]), temperature=cfg.temperature,
                                       trajectory_weight=cfg.trajectory_weight, instance_weight=cfg.instance_weight,
                                       symmetric=cfg.symmetric)
         if not torch.isfinite(loss):
             raise UserError(f"pre-training diverged (loss {float(loss)} at step {step}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         momentum = ema_momentum(step, cfg.steps, cfg.ema_schedule, cfg.ema_base, cfg.ema_final)
