@@ -157,10 +157,16 @@ def _collect(args, flags: dict, base: dict) -> dict[str, Any]:
     values: dict[str, Any] = dict(base)
     if args.preset:
         values.update(load_preset(args.preset))
-    for flag, (field, _, _) in flags.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if value is not None:
-            values[field] = value
+    given = {field: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, (field, _, _) in flags.items()}
+    given = {k: v for k, v in given.items() if v is not None}
+    # presets may hold settings per smoothing σ (e.g. λ): they apply to the σ chosen, below the flags
+    per_sigma = values.pop("per_sigma", None)
+    if per_sigma:
+        sigma = given.get("sigma", values.get("sigma"))
+        matches = [v for k, v in per_sigma.items() if sigma is not None and abs(float(k) - float(sigma)) < 1e-9]
+        if matches:
+            values.update(matches[0])
+    values.update(given)
     if args.arch_option:
         values["arch_options"] = {**values.get("arch_options", {}), **_parse_key_values(args.arch_option)}
     return values

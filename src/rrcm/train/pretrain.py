@@ -257,9 +257,9 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         model.update_target(momentum)
         step += 1
         bar.update(1)
-        window["loss"] += float(loss)
+        window["loss"] += float(loss.detach())
         for name in ("trajectory", "instance"):
-            window[name] += float(parts[name]) if name in parts else 0.0
+            window[name] += float(parts[name].detach()) if name in parts else 0.0
         window["count"] += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
             n = window["count"]
