@@ -107,7 +107,7 @@ PRETRAIN_FLAGS = {  # flag -> (PretrainConfig field, type, help)
     "--crop-scale-min": ("crop_scale_min", float, "smallest random-resized-crop area for the views"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
-    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--precision": ("precision", str, "fp32, bf16 or fp16 (autocast; fp16 with loss scaling)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between resumable checkpoints"),
     "--log-every": ("log_every", int, "steps per metrics row"),
 }

@@ -73,7 +73,7 @@ class PretrainConfig:
     curriculum_end: int = diffusion.CURRICULUM_END
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, for GPUs without bf16)
     checkpoint_every: int = 200  # steps
     log_every: int = 50  # steps per metrics row
 
@@ -102,8 +102,8 @@ class PretrainConfig:
             raise UserError("EMA rates must lie in [0, 1)")
         if self.trajectory_weight < 0 or self.instance_weight < 0 or self.trajectory_weight + self.instance_weight == 0:
             raise UserError("term weights must be non-negative and not both zero")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"unknown precision {self.precision!r}; choose fp32, bf16 or fp16")
         if not 0 < self.crop_scale_min <= 1:
             raise UserError(f"crop-scale-min must lie in (0, 1], got {self.crop_scale_min}")
 
@@ -209,7 +209,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         for tensor in model.state_dict().values():
             torch.distributed.broadcast(tensor, 0)
 
-    step, metric_rows = 0, []
+    step, metric_rows, state = 0, [], {}
     state_path = out_dir / STATE_FILE
     if state_path.exists():
         state = load_state(state_path)
@@ -224,7 +224,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
 
     num_examples = len(dataset)
     steps_per_epoch = max(1, num_examples // cfg.batch_size)  # drop the last partial batch
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = torch.autocast(device_type=device.type, enabled=cfg.precision != "fp32",
+                              dtype=torch.float16 if cfg.precision == "fp16" else torch.bfloat16)
+    # fp16 needs loss scaling; its scale is part of the resumable state
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     window = {"loss": 0.0, "trajectory": 0.0, "instance": 0.0, "count": 0, "t0": time.perf_counter()}
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
@@ -249,10 +254,12 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         if not torch.isfinite(loss):
             raise UserError(f"pre-training diverged (loss {float(loss)} at step {step}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         average_gradients(model)
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         momentum = ema_momentum(step, cfg.steps, cfg.ema_schedule, cfg.ema_base, cfg.ema_final)
         model.update_target(momentum)
         step += 1
@@ -272,7 +279,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after_step:
             if ctx.is_main:
                 save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "step": step, "metrics": metric_rows})
+                                        "scaler": scaler.state_dict(), "step": step, "metrics": metric_rows})
                 _write_metrics(out_dir, metric_rows)
         if step == stop_after_step and step < cfg.steps:
             bar.close()
