@@ -159,3 +159,9 @@ def test_torchrun_two_process_training_runs_and_checkpoints(tmp_path, cli_env):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_clean_method_trains_without_noise(tmp_path):
+    cfg = TrainConfig(**{**TINY, "method": "clean", "sigma": 0.0, "epochs": 1})
+    checkpoint = train_classifier(cfg, tmp_path, progress=False)
+    assert read_checkpoint_config(checkpoint)["method"] == "clean"

@@ -59,7 +59,7 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
     "--image-size": ("image_size", int, "imagefolder: resize + centre-crop side (default 224)"),
     "--arch": ("arch", str, "model architecture (lenet, cifar_resnet20, cifar_resnet110, vit)"),
-    "--method": ("method", str, "gaussian (Cohen et al.) or consistency (Jeong & Shin)"),
+    "--method": ("method", str, "gaussian (Cohen et al.), consistency (Jeong & Shin) or clean (no noise)"),
     "--sigma": ("sigma", float, "training noise σ on [0, 1] pixels"),
     "--epochs": ("epochs", int, "training epochs"),
     "--batch-size": ("batch_size", int, "global batch size"),

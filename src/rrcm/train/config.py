@@ -60,7 +60,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not (self.sigma > 0 and math.isfinite(self.sigma)):
+        if self.method != "clean" and not (self.sigma > 0 and math.isfinite(self.sigma)):
             raise UserError(f"sigma must be a positive number, got {self.sigma}; use e.g. --sigma 0.25")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -33,7 +33,7 @@ from ..models import build_model, count_parameters, model_config
 from ..smoothing.noise import derive_seed
 from .config import TrainConfig
 from .mixing import mix_batch
-from .objectives import consistency_objective, gaussian_objective
+from .objectives import clean_objective, consistency_objective, gaussian_objective
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -210,7 +210,9 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             with autocast:
-                if cfg.method == "gaussian":
+                if cfg.method == "clean":
+                    out = clean_objective(train_model, x, targets)
+                elif cfg.method == "gaussian":
                     out = gaussian_objective(train_model, x, targets, sigma=cfg.sigma, generator=noise_generator)
                 else:
                     out = consistency_objective(train_model, x, targets, sigma=cfg.sigma, generator=noise_generator,

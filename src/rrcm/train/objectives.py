@@ -2,6 +2,7 @@
 
 Both add Gaussian noise on [0, 1] pixels (before the model's own normalisation), as certification does.
 - gaussian (Cohen et al. 2019): cross-entropy on x + σε.
+- clean: plain cross-entropy without noise (the off-the-shelf classifier of diffusion denoised smoothing).
 - consistency (Jeong & Shin 2020): m noisy copies; mean cross-entropy + λ·mean_i KL(p̄ ‖ p_i)
   + η·H(p̄), where p̄ is the mean of the copies' softmax outputs.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-METHODS = ("gaussian", "consistency")
+METHODS = ("gaussian", "consistency", "clean")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torc
 def gaussian_objective(model, x, y, *, sigma: float, generator: torch.Generator) -> ObjectiveOutput:
     """`y`: class indices (B,) or soft targets (B, K)."""
     logits = model(add_noise(x, sigma, generator))
+    loss = F.cross_entropy(logits.float(), y)
+    return ObjectiveOutput(loss, logits, {"xent": float(loss.detach())})
+
+
+def clean_objective(model, x, y) -> ObjectiveOutput:
+    """`y`: class indices (B,) or soft targets (B, K)."""
+    logits = model(x)
     loss = F.cross_entropy(logits.float(), y)
     return ObjectiveOutput(loss, logits, {"xent": float(loss.detach())})
 
