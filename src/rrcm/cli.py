@@ -296,9 +296,20 @@ def run_certify(args) -> int:
     if ckpt_config.get("kind") == "rrcm_encoder":
         raise UserError(f"{args.checkpoint} is a pre-trained rRCM encoder, not a classifier; fine-tune it first "
                         "(`rrcm finetune --pretrained ...`) and certify the fine-tuned model")
+    if ckpt_config.get("kind") == "denoiser":
+        raise UserError(f"{args.checkpoint} is a denoiser, not a classifier; combine it with a classifier "
+                        "(`rrcm dds assemble ...`) and certify the assembled model")
     sigma = args.sigma if args.sigma is not None else ckpt_config.get("sigma")
     if sigma is None:
         raise UserError("the checkpoint records no σ; give --sigma")
+    trained_sigma = ckpt_config.get("sigma")
+    if ckpt_config["model"].get("arch") in ("rrcm_vit", "dds") and trained_sigma and sigma != trained_sigma:
+        # still a sound certificate for that σ, but the model is told (or denoises) the wrong noise level
+        import warnings
+
+        remedy = "assemble a DDS model" if ckpt_config["model"].get("arch") == "dds" else "fine-tune a model"
+        warnings.warn(f"this model is conditioned on σ = {trained_sigma} but certification uses σ = {sigma}; "
+                      f"{remedy} for σ = {sigma} for meaningful results")
     settings = CertifySettings(sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                                seed=args.seed, skip=args.skip, max_index=args.max_index, precision=args.precision,
                                channels_last=args.channels_last)
@@ -399,6 +410,154 @@ def run_demo(args) -> int:
     return demo(args.out, quick=args.quick, device=args.device, dry_run=args.dry_run)
 
 
+# -- bench -----------------------------------------------------------------------------------------
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: inference cost per noise sample of base classifiers",
+                       description="Benchmarks. `rrcm bench cost`: parameters, FLOPs and measured time per noise "
+                                   "sample of each base classifier, and the cost of one certificate.")
+    actions = p.add_subparsers(dest="action", metavar="<action>", parser_class=_Parser, required=True)
+    c = actions.add_parser("cost", help="parameters, FLOPs and time per noise sample; DDS against rRCM",
+                           description="Count parameters and FLOPs (one sample's forward, on the meta device) and "
+                                       "time the forward of each base classifier, then the cost of one certificate "
+                                       "at n0 + n samples. By default: the paper-scale networks at random weights "
+                                       "(ImageNet and CIFAR-10 rRCM-B against DDS), counts only.")
+    c.add_argument("--time-paper", action="store_true",
+                   help="also time the paper-scale networks on this machine (minutes: the ADM UNet alone is ~10 s "
+                        "per sample on 2 CPU cores)")
+    c.add_argument("--no-paper", action="store_true", help="leave out the paper-scale networks")
+    c.add_argument("--small", action="store_true",
+                   help="the repository's small digits models at random weights (LeNet-5, rRCM, DDS if registered)")
+    c.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
+                   help="a checkpoint written by rrcm (repeatable): counted and timed at its input size")
+    c.add_argument("--batch-size", type=int, default=8, help="samples per timed forward (default 8)")
+    c.add_argument("--big-batch-size", type=int, default=1,
+                   help="samples per timed forward for networks of >= 100 GMAC per sample (default 1)")
+    c.add_argument("--precision", default="fp32,bf16", help="fp32, bf16 (CPU autocast) or both: fp32,bf16 (default)")
+    c.add_argument("--repeats", type=int, default=3, help="timed forwards per network and precision; the median counts")
+    c.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing (default 1)")
+    c.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                   help="on a shared machine: wait up to this long for other processes to go idle before each "
+                        "timed forward, and redo one that ran beside other work (up to 3 times)")
+    c.add_argument("--n", "--N", type=int, default=100_000, dest="n", help="certificate: estimation samples (default 100000)")
+    c.add_argument("--n0", "--N0", type=int, default=100, dest="n0", help="certificate: selection samples (default 100)")
+    c.add_argument("--json", default=None, metavar="PATH", help="also write the full results as JSON")
+    c.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    c.set_defaults(run=run_bench_cost)
+
+
+def run_bench_cost(args) -> int:
+    from .bench_cost import run_cost_command
+
+    return run_cost_command(args)
+
+
+# -- diffusion denoised smoothing (Carlini et al. 2023) ---------------------------------------------
+DENOISER_FLAGS = {  # flag -> (DenoiserConfig field, type, help)
+    "--data": ("data", str, "data set: digits, mnist, cifar10, imagefolder"),
+    "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
+    "--image-size": ("image_size", int, "imagefolder: resize + centre-crop side (default 224)"),
+    "--size": ("size", str, "UNet size: small (~0.65M parameters, CPU) or cifar (DDPM's CIFAR-10 shape, narrower)"),
+    "--epochs": ("epochs", int, "training epochs"),
+    "--batch-size": ("batch_size", int, "global batch size"),
+    "--lr": ("lr", float, "peak learning rate (AdamW; linear warm-up, then cosine decay)"),
+    "--weight-decay": ("weight_decay", float, "AdamW weight decay (not on biases and norms; default 0)"),
+    "--warmup-steps": ("warmup_steps", int, "linear warm-up steps"),
+    "--grad-clip": ("grad_clip", float, "clip the gradient norm at this value (default 1)"),
+    "--num-train-timesteps": ("num_train_timesteps", int, "diffusion steps T (default 1000)"),
+    "--beta-start": ("beta_start", float, "first β of the schedule (default 1e-4)"),
+    "--beta-end": ("beta_end", float, "last β of the schedule (default 0.02)"),
+    "--beta-schedule": ("beta_schedule", str, "linear (default), scaled_linear, squaredcos_cap_v2 or sigmoid"),
+    "--seed": ("seed", int, "random seed"),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
+    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--checkpoint-every": ("checkpoint_every", int, "epochs between resumable checkpoints"),
+}
+
+
+def add_train_denoiser_parser(sub) -> None:
+    from .baselines.denoiser import DENOISER_PRESETS
+
+    p = sub.add_parser("train-denoiser", help="train a DDPM denoiser for diffusion denoised smoothing",
+                       description="Train a diffusers UNet2DModel as a standard DDPM ε-prediction model (linear betas "
+                                   "1e-4..0.02 over 1000 steps by default) on a data set mapped to [-1, 1]. Writes "
+                                   "denoiser.safetensors, config.json and metrics.csv to --out; re-running the same "
+                                   f"command resumes. Built-in presets: {', '.join(DENOISER_PRESETS)}. "
+                                   "--arch-option KEY=VALUE sets a UNet2DModel argument, e.g. "
+                                   "block_out_channels=[64,128].")
+    _add_flags(p, DENOISER_FLAGS)
+    p.add_argument("--no-augment", action="store_true", help="no random flips (colour data sets only have them)")
+    p.add_argument("--out", required=True, help="output folder (denoiser.safetensors, config.json, metrics.csv)")
+    p.set_defaults(run=run_train_denoiser)
+
+
+def run_train_denoiser(args) -> int:
+    from .baselines.denoiser import DENOISER_PRESETS, DenoiserConfig, resolve_denoiser_config, train_denoiser
+
+    base: dict[str, Any] = {}
+    if args.preset in DENOISER_PRESETS:
+        base, args.preset = dict(DENOISER_PRESETS[args.preset]), None
+    values = _collect(args, DENOISER_FLAGS, base)
+    if args.no_augment:
+        values["augment"] = False
+    cfg = DenoiserConfig.from_dict(values)
+    if args.dry_run:
+        print(json.dumps(resolve_denoiser_config(cfg), indent=2, sort_keys=True))
+        return 0
+    from .distributed import init_distributed, shutdown
+
+    ctx = init_distributed(cfg.device)
+    try:
+        path = train_denoiser(cfg, args.out, progress=not args.quiet, ctx=ctx)
+    except BaseException:
+        shutdown(ctx, failed=True)
+        raise
+    shutdown(ctx)
+    if ctx.is_main:
+        print(f"denoiser: {path}")
+    return 0
+
+
+def add_dds_parser(sub) -> None:
+    p = sub.add_parser("dds", help="diffusion denoised smoothing: assemble a denoiser + classifier base classifier",
+                       description="Diffusion denoised smoothing (Carlini et al. 2023). `rrcm dds assemble` combines "
+                                   "a DDPM denoiser and a classifier trained on clean data into one base classifier "
+                                   "for smoothing σ; certify it with `rrcm certify --checkpoint ...` as any model.")
+    actions = p.add_subparsers(dest="action", metavar="<action>", parser_class=_Parser, required=True)
+    a = actions.add_parser("assemble", help="write a DDS base-classifier checkpoint for one σ",
+                           description="Pick the denoising timestep t (the smallest whose noise level "
+                                       "√((1−ᾱ_t)/ᾱ_t) is ≥ 2σ: the denoiser sees at least the real noise), check "
+                                       "that denoiser and classifier were trained on the same data, and write a "
+                                       "checkpoint (arch dds, σ recorded) that `rrcm certify` reads unchanged.")
+    a.add_argument("--denoiser", default=None, help="denoiser.safetensors written by `rrcm train-denoiser`")
+    a.add_argument("--pretrained-denoiser", default=None, metavar="NAME",
+                   help="instead: a diffusers DDPM folder or hub id (UNet2DModel + DDPMScheduler; downloads need "
+                        "network access; HF_HUB_OFFLINE=1 forbids them)")
+    a.add_argument("--classifier", required=True,
+                   help="model.safetensors of a classifier trained on clean data (`rrcm train --method clean`)")
+    a.add_argument("--sigma", type=float, required=True, help="smoothing σ on [0, 1] pixels")
+    a.add_argument("--steps", type=int, default=1,
+                   help="denoising steps: 1 = one-step x̂0 (Carlini et al.); more = deterministic DDIM from t to 0")
+    a.add_argument("--out", default=None, help="checkpoint to write, e.g. runs/dds-025/model.safetensors "
+                                               "(its config also goes to <out>.json)")
+    a.add_argument("--dry-run", action="store_true", help="print the checkpoint config as JSON and write nothing")
+    a.set_defaults(run=run_dds_assemble)
+
+
+def run_dds_assemble(args) -> int:
+    from .baselines.dds import assemble_dds
+
+    config = assemble_dds(args.classifier, args.sigma, args.out, denoiser=args.denoiser,
+                          pretrained_denoiser=args.pretrained_denoiser, steps=args.steps, dry_run=args.dry_run)
+    if args.dry_run:
+        print(json.dumps(config, indent=2, sort_keys=True))
+        return 0
+    dds = config["dds"]
+    print(f"DDS base classifier for σ = {config['sigma']}: denoising at t = {dds['timestep']} "
+          f"(noise {dds['effective_sigma']:.4f} on [0, 1] pixels), {dds['steps']} step(s)")
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -409,8 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_train_parser(sub)
     add_pretrain_parser(sub)
+    add_train_denoiser_parser(sub)
+    add_dds_parser(sub)
     add_certify_parser(sub)
     add_report_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -442,7 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         # Only a real command-line start re-executes; a call from Python (tests) must not be replaced.
-        if from_command_line and args.command in ("certify", "train", "finetune", "pretrain", "demo") and not getattr(args, "dry_run", False):
+        heavy = ("certify", "train", "finetune", "pretrain", "train-denoiser", "bench", "demo")
+        if from_command_line and args.command in heavy and not getattr(args, "dry_run", False):
             _reexec_with_malloc_settings(argv)
         return int(args.run(args) or 0)
     except UserError as e:

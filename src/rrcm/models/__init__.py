@@ -12,6 +12,10 @@ identical model with `build_model`.
 The "rrcm_vit" arch (the rRCM classifier, `time_vit.RRCMClassifier`) also takes `size=` (a key of
 `RRCM_VIT_SIZES`), which fills patch_size/width/depth/heads, and always uses mean = std = 0.5
 whatever mean/std it is given (the encoder works in the diffusion's [-1, 1] space).
+
+The composite "dds" arch (diffusion denoised smoothing, `rrcm.baselines.dds.DDSClassifier`) nests a
+denoiser config and a classifier config in its own; it is written by `rrcm dds assemble`, is not in
+`ARCHS` (which lists the trainable archs) but in `COMPOSITE_ARCHS`, and builds like any other.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class _ArchSpec:
     build: Callable[[dict], nn.Module]
     # optional rewrite of the raw config before anything else (rrcm_vit: fixed mean/std, size presets)
     prepare: Callable[[Mapping[str, Any]], dict] | None = None
+    # assembled from other models' configs (nested in its own, e.g. "dds"): buildable, not trainable,
+    # so not listed in ARCHS
+    composite: bool = False
 
 
 # ---- value checks (TypeError for a wrong type, ValueError for a wrong value; both name the key)
@@ -162,6 +169,18 @@ def _check_rrcm_vit(cfg: dict) -> None:
     cfg["sigma_data"] = _real(cfg, "sigma_data", positive=True)
 
 
+# ---- diffusion denoised smoothing (rrcm.baselines.dds): a DDPM denoiser config + a registry classifier
+# config nested in one config; imported on use (diffusers is slow to import)
+
+def _dds_hook(name: str) -> Callable:
+    def call(cfg: dict):
+        from ..baselines import dds
+
+        return getattr(dds, name)(cfg)
+
+    return call
+
+
 _REGISTRY: dict[str, _ArchSpec] = {
     "lenet": _lenet_spec(conv_channels=(20, 50), hidden=(500,)),
     "lenet5": _lenet_spec(conv_channels=(6, 16), hidden=(120, 84)),
@@ -173,9 +192,12 @@ _REGISTRY: dict[str, _ArchSpec] = {
     "vit": _ArchSpec(defaults=_vit_defaults, check=_check_vit, build=_build_vit),
     "rrcm_vit": _ArchSpec(defaults=rrcm_vit_defaults, check=_check_rrcm_vit, build=build_rrcm_classifier,
                           prepare=prepare_rrcm_vit_config),
+    "dds": _ArchSpec(defaults=_dds_hook("dds_defaults"), check=_dds_hook("check_dds_config"),
+                     build=_dds_hook("build_dds"), composite=True),
 }
 
-ARCHS: tuple[str, ...] = tuple(_REGISTRY)
+ARCHS: tuple[str, ...] = tuple(name for name, spec in _REGISTRY.items() if not spec.composite)
+COMPOSITE_ARCHS: tuple[str, ...] = tuple(name for name, spec in _REGISTRY.items() if spec.composite)
 
 
 def _resolve(config: Mapping[str, Any]) -> tuple[dict, _ArchSpec]:

@@ -251,7 +251,9 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
 
     if ctx.is_main:
         checkpoint_config = {"kind": "classifier", "rrcm_version": __version__, "model": run_config["model"],
-                             "data": run_config["data"], "sigma": cfg.sigma, "method": cfg.method,
+                             "data": run_config["data"], "method": cfg.method,
+                             # a clean classifier has no smoothing σ: certify then asks for --sigma
+                             "sigma": None if cfg.method == "clean" else cfg.sigma,
                              "train": run_config["train"], "epochs_trained": cfg.epochs,
                              **{k: run_config[k] for k in ("conditioning", "pretrained") if k in run_config}}
         save_checkpoint(final_path, model, checkpoint_config)
