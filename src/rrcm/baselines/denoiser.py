@@ -24,9 +24,7 @@ diffusers is imported only inside the functions that need it (it takes seconds t
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import numbers
@@ -47,14 +45,13 @@ from ..data import load_dataset
 from ..data.augment import random_hflip
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import write_json_atomic
 from ..smoothing.noise import derive_seed
+from ..train.outputs import CONFIG_FILE, check_resumable, write_metrics
 
 DENOISER_ARCH = "ddpm_unet"
 DENOISER_FILE = "denoiser.safetensors"
 STATE_FILE = "train_state.safetensors"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
 METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "seconds")
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
@@ -386,7 +383,7 @@ def train_denoiser(cfg: DenoiserConfig, out_dir: str | os.PathLike, *, progress:
         if ctx.is_main:
             print(f"{final_path} is already trained; nothing to do")
         return final_path
-    _check_resumable(out_dir, run_config)
+    check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("train", "model"), what="denoiser run")
     if ctx.is_main:
         write_json_atomic(out_dir / CONFIG_FILE, run_config)
 
@@ -471,7 +468,7 @@ def train_denoiser(cfg: DenoiserConfig, out_dir: str | os.PathLike, *, progress:
         if ctx.is_main and (last or (epoch + 1) % cfg.checkpoint_every == 0 or stop_after_epoch == epoch + 1):
             save_state(state_path, {"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
                                     "epoch": epoch + 1, "step": step, "metrics": metric_rows})
-            _write_metrics(out_dir, metric_rows)
+            write_metrics(out_dir, metric_rows, METRIC_COLUMNS)
         if stop_after_epoch == epoch + 1 and not last:
             if ctx.enabled:
                 torch.distributed.barrier()
@@ -514,22 +511,3 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out_dir / METRICS_FILE, buffer.getvalue())
-
-
-def _check_resumable(out_dir: Path, run_config: dict[str, Any]) -> None:
-    config_path = out_dir / CONFIG_FILE
-    if not (out_dir / STATE_FILE).exists() or not config_path.exists():
-        return
-    try:
-        previous = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"cannot read {config_path}; delete {out_dir} to start over") from None
-    if previous.get("train") != run_config["train"] or previous.get("model") != run_config["model"]:
-        raise UserError(f"{out_dir} holds an interrupted denoiser run with different settings; resume it with the "
-                        "same options or use another --out")

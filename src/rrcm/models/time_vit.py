@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import diffusion
 from .normalize import Normalize
-from .vit import INIT_STD, Block, default_patch_size
+from .vit import INIT_STD, Block, default_patch_size, init_linear_like
 
 __all__ = ["TimeConditionedViT", "Projector", "RRCMClassifier", "RRCM_VIT_SIZES", "SIZE_KEYS",
            "SIGMA_DATA", "encoder_from_config", "prepare_rrcm_vit_config", "sinusoidal_embedding"]
@@ -110,18 +110,6 @@ def _sigma_vector(sigma: Any, batch: int, device: torch.device) -> torch.Tensor:
     return torch.full((batch,), float(sigma), dtype=torch.float32, device=device)
 
 
-def _init_linear_like(module: nn.Module) -> None:
-    """The project's ViT initialisation: trunc-normal(0.02) weights, zero biases, unit LayerNorms."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(m.weight, std=INIT_STD)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 class TimeConditionedViT(nn.Module):
     """ViT encoder on noisy images in [-1, 1], conditioned on σ: `features(z, sigma)` -> h (B, width).
 
@@ -155,7 +143,7 @@ class TimeConditionedViT(nn.Module):
         self.norm = nn.LayerNorm(width)
         nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
         nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
-        _init_linear_like(self)
+        init_linear_like(self)
 
     @property
     def feature_dim(self) -> int:

@@ -62,6 +62,19 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def init_linear_like(module: nn.Module) -> None:
+    """The ViT initialisation: trunc-normal(0.02) weights, zero biases, unit LayerNorms. The patch
+    embedding is a linear map of each patch, so it is initialised like one."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class VisionTransformer(nn.Module):
     """ViT classifier on [0, 1] pixels; the logits come from a linear head on the cls token."""
 
@@ -91,15 +104,7 @@ class VisionTransformer(nn.Module):
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
         nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
-        for m in self.modules():
-            # the patch embedding is a linear map of each patch, so it is initialised like one
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.trunc_normal_(m.weight, std=INIT_STD)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_linear_like(self)
 
     def embed(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, C, H, W) -> tokens (B, 1 + num_patches, width), cls first."""

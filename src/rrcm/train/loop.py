@@ -10,8 +10,6 @@ Outputs in `out_dir`:
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import platform
 import re
@@ -28,17 +26,16 @@ from ..data import load_dataset
 from ..data.augment import train_augment
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import write_json_atomic
 from ..models import build_model, count_parameters, model_config
 from ..smoothing.noise import derive_seed
 from .config import TrainConfig
 from .mixing import mix_batch
+from .outputs import CONFIG_FILE, check_resumable, write_metrics
 from .objectives import clean_objective, consistency_objective, gaussian_objective
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
 METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "noisy_train_accuracy", "seconds")
 
 
@@ -143,7 +140,7 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
         if ctx.is_main:
             print(f"{final_path} is already trained; nothing to do")
         return final_path
-    _check_resumable(out_dir, run_config)
+    check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("train", "model"))
     if ctx.is_main:
         write_json_atomic(out_dir / CONFIG_FILE, run_config)
 
@@ -305,24 +302,4 @@ def _save_training_state(ctx: DistContext, out_dir: Path, model, optimizer, nois
     save_state(out_dir / STATE_FILE, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "noise_generator": noise_states, "augment_generator": augment_states,
                                       "epoch": epoch, "step": step, "metrics": metric_rows})
-    # metrics.csv always mirrors the saved state, so a resumed run never repeats or loses a row.
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    writer.writerows(metric_rows)
-    write_text_atomic(out_dir / METRICS_FILE, buffer.getvalue())
-
-
-def _check_resumable(out_dir: Path, run_config: dict[str, Any]) -> None:
-    import json
-
-    config_path = out_dir / CONFIG_FILE
-    if not (out_dir / STATE_FILE).exists() or not config_path.exists():
-        return
-    try:
-        previous = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"cannot read {config_path}; delete {out_dir} to start over") from None
-    if previous.get("train") != run_config["train"] or previous.get("model") != run_config["model"]:
-        raise UserError(f"{out_dir} holds an interrupted run with different settings; resume it with the same "
-                        "options or use another --out")
+    write_metrics(out_dir, metric_rows, METRIC_COLUMNS)

@@ -16,9 +16,7 @@ encoder.safetensors (the pre-trained encoder with its config; the projector is d
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,11 +33,12 @@ from ..data.augment import train_augment
 from ..data.contrastive import two_views
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import write_json_atomic
 from ..models import count_parameters, model_config
 from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config
 from .contrastive import EMATarget, average_gradients, convert_to_global_batchnorm, ema_momentum, info_nce
 from .loop import seeded_generator
+from .outputs import CONFIG_FILE, check_resumable, write_metrics
 
 ENCODER_FILE = "encoder.safetensors"
 STATE_FILE = "train_state.safetensors"
@@ -190,9 +189,10 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         if ctx.is_main:
             print(f"{final_path} is already pre-trained; nothing to do")
         return final_path
-    _check_resumable(out_dir, run_config)
+    check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("pretrain", "model"),
+                    what="pre-training run")
     if ctx.is_main:
-        write_json_atomic(out_dir / "config.json", run_config)
+        write_json_atomic(out_dir / CONFIG_FILE, run_config)
 
     device = ctx.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
@@ -280,7 +280,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
             if ctx.is_main:
                 save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scaler": scaler.state_dict(), "step": step, "metrics": metric_rows})
-                _write_metrics(out_dir, metric_rows)
+                write_metrics(out_dir, metric_rows, METRIC_COLUMNS)
         if step == stop_after_step and step < cfg.steps:
             bar.close()
             return state_path
@@ -301,23 +301,3 @@ def _learning_rate(cfg: PretrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _write_metrics(out_dir: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out_dir / "metrics.csv", buffer.getvalue())
-
-
-def _check_resumable(out_dir: Path, run_config: dict[str, Any]) -> None:
-    import json
-
-    config_path = out_dir / "config.json"
-    if not (out_dir / STATE_FILE).exists() or not config_path.exists():
-        return
-    previous = json.loads(config_path.read_text())
-    if previous.get("pretrain") != run_config["pretrain"] or previous.get("model") != run_config["model"]:
-        raise UserError(f"{out_dir} holds an interrupted pre-training run with different settings; resume it "
-                        "with the same options or use another --out")
