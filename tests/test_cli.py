@@ -10,23 +10,7 @@ import torch
 from rrcm.checkpoint import read_checkpoint_config, save_checkpoint
 from rrcm.cli import main
 from rrcm.models import build_model
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern):
-    import re
-
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("rrcm: error: ")
-    assert "Traceback" not in err
-    assert re.search(pattern, lines[0]), lines[0]
+from tests.helpers.cli import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")

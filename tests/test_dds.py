@@ -16,6 +16,7 @@ from rrcm.baselines.denoiser import (SCHEDULER_DEFAULTS, DenoiserConfig, alphas_
 from rrcm.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
 from rrcm.cli import main
 from rrcm.models import ARCHS, build_model, model_config
+from tests.helpers.cli import assert_one_line_error, run_cli
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
 # smallest t with √((1−ᾱ_t)/ᾱ_t) ≥ 2σ for DDPM's linear schedule (1e-4 … 0.02, 1000 steps)
@@ -33,22 +34,6 @@ def linear_alphas_cumprod(steps=1000, start=1e-4, end=0.02) -> list[float]:
 
 def level(alphas, t) -> float:
     return math.sqrt((1.0 - alphas[t]) / alphas[t])
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern):
-    import re
-
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("rrcm: error: ") and "Traceback" not in err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 # -- timestep choice -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from rrcm.cli import main
 from rrcm.errors import UserError
 from rrcm.train.config import TrainConfig
 from rrcm.train.loop import train_classifier
-from rrcm.train.pretrain import ENCODER_FILE, STATE_FILE, PretrainConfig, pretrain
+from rrcm.train.pretrain import STATE_FILE, PretrainConfig, pretrain
 
 SMALL = {"width": 32, "depth": 2, "heads": 2, "patch_size": 4}
 

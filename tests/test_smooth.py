@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom, norm
+from scipy.stats import norm
 
 from rrcm.errors import UserError
 from rrcm.smoothing import Smooth, stats

@@ -11,9 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .train.config import TrainConfig
 
 # glibc returns freed memory to the OS eagerly; for the large, short-lived tensors of noise batches
 # that costs a page fault storm. Keeping it (thresholds of 4 GiB) made CPU certification 2–3× faster
