@@ -43,7 +43,7 @@ from torch import nn
 from .. import __version__
 from ..errors import UserError
 from .denoiser import (alphas_cumprod, build_unet, check_denoiser_config, load_denoiser, load_pretrained_denoiser,
-                       unet_sample_size)
+                       read_denoiser_config, unet_sample_size)
 
 DDS_DEFAULTS: dict[str, Any] = {"denoiser": None, "classifier": None, "sigma": None, "timestep": None, "steps": 1}
 
@@ -255,14 +255,7 @@ def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.Path
 
     unet = None
     if denoiser is not None:
-        den_config = read_checkpoint_config(denoiser)
-        if den_config.get("kind") != "denoiser":
-            raise UserError(f"{denoiser} is not a denoiser (kind {den_config.get('kind')!r}); give the "
-                            "denoiser.safetensors written by `rrcm train-denoiser`")
-        try:
-            den_model = check_denoiser_config(den_config["model"])
-        except (TypeError, ValueError) as e:
-            raise UserError(f"denoiser {denoiser} has a config rrcm cannot build ({e}); re-train it") from None
+        den_config, den_model = read_denoiser_config(denoiser)
         den_data = den_config.get("data") or {}
         source = {"path": str(denoiser), "sha256": file_sha256(denoiser), "data": den_data.get("name"),
                   "epochs_trained": den_config.get("epochs_trained")}

@@ -47,6 +47,8 @@ from ..distributed import DistContext, init_distributed
 from ..errors import UserError
 from ..fileio import write_json_atomic
 from ..smoothing.noise import derive_seed
+from ..train.config import config_from_dict
+from ..train.schedule import warmup_cosine
 from ..train.outputs import CONFIG_FILE, check_resumable, write_metrics
 
 DENOISER_ARCH = "ddpm_unet"
@@ -180,16 +182,24 @@ def unet_config_dict(unet) -> dict[str, Any]:
     return _jsonable({k: v for k, v in dict(unet.config).items() if not k.startswith("_")})
 
 
-def load_denoiser(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(UNet in eval mode, checkpoint config) of a `denoiser.safetensors` written by `rrcm train-denoiser`."""
-    from safetensors.torch import load_file
-
+def read_denoiser_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(checkpoint config, checked model config) of a `denoiser.safetensors`, without its weights."""
     config = read_checkpoint_config(path)
     if config.get("kind") != "denoiser":
         raise UserError(f"{path} is not a denoiser (kind {config.get('kind')!r}); give the denoiser.safetensors "
                         "written by `rrcm train-denoiser`")
     try:
-        model_cfg = check_denoiser_config(config["model"])
+        return config, check_denoiser_config(config["model"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"denoiser {path} has a config rrcm cannot build ({_short(e)}); re-train it") from None
+
+
+def load_denoiser(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(UNet in eval mode, checkpoint config) of a `denoiser.safetensors` written by `rrcm train-denoiser`."""
+    from safetensors.torch import load_file
+
+    config, model_cfg = read_denoiser_config(path)
+    try:
         unet = build_unet(model_cfg)
     except (TypeError, ValueError) as e:
         raise UserError(f"denoiser {path} has a config rrcm cannot build ({_short(e)}); re-train it") from None
@@ -287,11 +297,7 @@ class DenoiserConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DenoiserConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown denoiser option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**values)
+        return config_from_dict(cls, values, "denoiser")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -358,10 +364,7 @@ def resolve_denoiser_config(cfg: DenoiserConfig, info=None) -> dict[str, Any]:
 
 def learning_rate(cfg: DenoiserConfig, step: int, total_steps: int) -> float:
     """Linear warm-up over `warmup_steps`, then cosine decay to zero."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(cfg.lr, step, total_steps, cfg.warmup_steps)
 
 
 def train_denoiser(cfg: DenoiserConfig, out_dir: str | os.PathLike, *, progress: bool = True,

@@ -13,6 +13,15 @@ from .objectives import METHODS
 OPTIMIZERS = ("sgd", "adamw")
 
 
+def config_from_dict(cls, values: dict[str, Any], what: str):
+    """Build the dataclass `cls` from `values`, naming any unknown option and the valid ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown {what} option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
 @dataclass
 class TrainConfig:
     data: str = "digits"
@@ -48,11 +57,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**values)
+        return config_from_dict(cls, values, "training")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,6 +31,7 @@ from ..models import build_model, count_parameters, model_config
 from ..smoothing.noise import derive_seed
 from .config import TrainConfig
 from .mixing import mix_batch
+from .schedule import warmup_cosine
 from .outputs import CONFIG_FILE, check_resumable, write_metrics
 from .objectives import clean_objective, consistency_objective, gaussian_objective
 
@@ -47,11 +48,7 @@ def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Ge
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up, then cosine decay to zero."""
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(cfg.lr, step, total_steps, int(cfg.warmup_epochs * steps_per_epoch))
 
 
 def layer_id(name: str, depth: int) -> int:

@@ -17,7 +17,6 @@ encoder.safetensors (the pre-trained encoder with its config; the projector is d
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,8 @@ from ..models import count_parameters, model_config
 from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config
 from .contrastive import EMATarget, average_gradients, convert_to_global_batchnorm, ema_momentum, info_nce
 from .loop import seeded_generator
+from .config import config_from_dict
+from .schedule import warmup_cosine
 from .outputs import CONFIG_FILE, check_resumable, write_metrics
 
 ENCODER_FILE = "encoder.safetensors"
@@ -78,11 +79,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PretrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown pre-training option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**values)
+        return config_from_dict(cls, values, "pre-training")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -297,7 +294,4 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
 
 
 def _learning_rate(cfg: PretrainConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return warmup_cosine(cfg.lr, step, cfg.steps, cfg.warmup_steps)
