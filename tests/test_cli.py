@@ -128,6 +128,22 @@ def test_report_on_published_logs(shared_dir, tmp_path, capsys):
     assert table
 
 
+def test_report_envelope_groups_and_every(shared_dir, tmp_path, capsys):
+    # the published Gaussian MNIST logs on every 20th test image, as a study certified with --skip 20 has them
+    cohen = sorted((shared_dir / "oracle" / "certify-logs" / "mnist" / "cohen").glob("noise_*"))
+    code, out, _ = run_cli(["report", "--every", "20", "--radii", "0,1", "--format", "json", "--no-envelope",
+                            f"Gaussian={','.join(map(str, cohen))}", cohen[1]], capsys)
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    assert [row["label"] for row in rows] == [f"cohen/{cohen[1].name}", "Gaussian"]
+    assert rows[0]["n_examples"] == rows[1]["n_examples"] == 500 and rows[0]["sigma"] == 0.5
+    assert rows[1]["certified_accuracy"]["0.0"] == max(
+        json.loads(run_cli(["report", "--every", "20", "--radii", "0", "--format", "json", log], capsys)[1])
+        ["rows"][0]["certified_accuracy"]["0.0"] for log in cohen)
+    code, _, err = run_cli(["report", "--every", "0", cohen[0]], capsys)
+    assert_one_line_error(code, err, "--every")
+
+
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rrcm", "certify", "--checkpoint", str(tmp_path / "x"),
                              "--out", str(tmp_path / "log")], capture_output=True, text=True, timeout=120)

@@ -16,6 +16,7 @@ from rrcm.certlog import (
     LOG_COLUMNS,
     format_row,
     header_line,
+    every_kth,
     parse_time,
     read_log,
 )
@@ -251,6 +252,42 @@ def test_build_report_adds_envelope_row(tmp_path: Path):
     other = read_log(cohen_log(tmp_path, "c", [(5, 1, 1, 0.4)]))
     with pytest.raises(UserError, match="no-envelope"):
         build_report([first, other], [0.0])
+
+
+def test_groups_give_one_labelled_envelope_row_each(tmp_path: Path):
+    # two "methods", each certified at two σ on the same examples
+    a1 = read_log(cohen_log(tmp_path, "a1", [(0, 1, 1, 0.4), (1, 1, 1, 0.3)]))
+    a2 = read_log(cohen_log(tmp_path, "a2", [(1, 1, 1, 0.9), (0, 1, 2, 0.5)]))
+    b1 = read_log(cohen_log(tmp_path, "b1", [(0, 1, 1, 1.4), (1, 1, -1, 0.0)]))
+    b2 = read_log(cohen_log(tmp_path, "b2", [(0, 1, 1, 0.2), (1, 1, 1, 0.2)]))
+    parsed = json.loads(build_report([a1], [0.0, 0.5, 1.0], fmt="json", groups=[("A", [a1, a2]), ("B", [b1, b2])]))
+    rows = parsed["rows"]
+    assert [row["label"] for row in rows] == [a1.label, "A", "B"]  # no overall envelope beside groups
+    assert rows[1]["certified_accuracy"] == {"0.0": 1.0, "0.5": 0.5, "1.0": 0.0}
+    assert rows[2]["certified_accuracy"] == {"0.0": 1.0, "0.5": 0.5, "1.0": 0.5}
+    assert rows[2]["best_label"]["0.0"] == b2.label and rows[2]["best_label"]["1.0"] == b1.label
+    text = build_report([], [0.0, 0.5], groups=[("A", [a1, a2])])
+    assert text.splitlines()[2].split()[:2] == ["A", "-"]
+    other = read_log(cohen_log(tmp_path, "c", [(5, 1, 1, 0.4), (1, 1, 1, 0.3)]))
+    with pytest.raises(UserError, match="different examples"):
+        build_report([], [0.0], groups=[("A", [a1, other])])
+    out = plot_certified_accuracy([a1], tmp_path / "groups.png", groups=[("A", [a1, a2]), ("B", [b1, b2])])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="different examples"):
+        plot_certified_accuracy([], tmp_path / "bad.png", groups=[("A", [a1, other])])
+
+
+def test_every_kth_keeps_the_skip_subset(tmp_path: Path):
+    rows = [(i, 1, 1 if i % 3 else -1, 0.1 * i) for i in range(45)]
+    log = read_log(write(tmp_path, header_line(COHEN_COLUMNS) + "".join(
+        format_row(dict(idx=i, label=l, predict=p, radius=r if p >= 0 else 0.0, correct=int(p == l), time=1.0),
+                   COHEN_COLUMNS) for i, l, p, r in rows), "noise_0.50"))
+    subset = every_kth(log, 20)
+    assert subset.idx.tolist() == [0, 20, 40] and subset.sigma == 0.5
+    assert subset.predict.tolist() == [-1, 1, 1] and subset.radius.tolist() == pytest.approx([0.0, 2.0, 4.0])
+    assert len(every_kth(log, 1)) == 45
+    with pytest.raises(UserError, match="--every"):
+        every_kth(log, 0)
 
 
 def test_plot_writes_png_atomically(tmp_path: Path):

@@ -62,6 +62,7 @@ def hand_count_projector(in_dim, hidden, out=256):
 
 PRESET_CASES = {  # size: (kind, exact encoder count, exact projector count)
     "tiny": (DIGITS, 222_208, 148_480),
+    "mnist": ((1, 28), 225_088, 148_480),
     "cifar-small": (CIFAR, 2_778_240, 1_511_424),
     "cifar10-b": (CIFAR, 85_933_056, 6_299_648),
     "imagenet-s": (IMAGENET, 19_805_184, 5_775_360),

@@ -335,3 +335,15 @@ def _check_rows(parsed: dict[str, np.ndarray], where: str, line_numbers: list[in
             f"{where}:{line_numbers[second]}: idx {int(idx[second])} already appears on line "
             f"{line_numbers[first]}; each example must be certified once (remove the duplicate)"
         )
+
+
+def every_kth(log: CertLog, k: int) -> CertLog:
+    """The rows of `log` whose idx is a multiple of k: a whole-test-set log (e.g. a published one) on
+    the subset that `rrcm certify --skip k` certifies, so that the two can be compared example for example."""
+    if k < 1:
+        raise UserError(f"--every must be a positive whole number, got {k}")
+    keep = log.idx % k == 0
+    return CertLog(path=log.path, label=log.label, idx=log.idx[keep], labels=log.labels[keep],
+                   predict=log.predict[keep], radius=log.radius[keep], correct=log.correct[keep],
+                   seconds=log.seconds[keep], extras={c: v[keep] for c, v in log.extras.items()},
+                   sigma=log.sigma, columns=log.columns)

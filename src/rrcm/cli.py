@@ -353,10 +353,15 @@ def add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="tables and plots from certification logs",
                        description="Certified accuracy at chosen radii, ACR, clean accuracy, abstain rate and the "
                                    "best-over-σ envelope, from one or more logs.")
-    p.add_argument("logs", nargs="+", help="certification logs (Cohen's format; label with LABEL=PATH)")
+    p.add_argument("logs", nargs="+",
+                   help="certification logs (Cohen's format; label with LABEL=PATH). LABEL=PATH1,PATH2,... makes "
+                        "one row and curve: the envelope of those logs (e.g. one method's best over σ)")
     p.add_argument("--radii", default=None, help="comma-separated radii (default 0, 0.25, ... up to the largest radius)")
     p.add_argument("--format", default="text", choices=["text", "markdown", "csv", "json"], help="table format")
     p.add_argument("--no-envelope", action="store_true", help="omit the best-over-σ envelope")
+    p.add_argument("--every", type=int, default=1, metavar="K",
+                   help="use only examples whose idx is a multiple of K: a log of the whole test set beside logs "
+                        "certified with --skip K")
     p.add_argument("--plot", default=None, help="write a PNG plot of certified accuracy against radius")
     p.add_argument("--title", default=None, help="plot title")
     p.add_argument("--out", default=None, help="write the table to this file instead of stdout")
@@ -365,23 +370,33 @@ def add_report_parser(sub) -> None:
 
 def run_report(args) -> int:
     from . import report
-    from .certlog import read_log
+    from .certlog import every_kth, read_log
     from .fileio import write_json_atomic, write_text_atomic
 
-    logs = []
+    def read(path: str, label: str | None):
+        log = read_log(path, label=label)
+        return every_kth(log, args.every) if args.every != 1 else log
+
+    logs, groups = [], []
     for item in args.logs:
-        label, path = (item.split("=", 1) if "=" in item and not Path(item).exists() else (None, item))
-        logs.append(read_log(path, label=label))
+        label, paths = (item.split("=", 1) if "=" in item and not Path(item).exists() else (None, item))
+        if label is not None and "," in paths and not Path(paths).exists():
+            groups.append((label, [read(path, f"{label} ({path})") for path in paths.split(",")]))
+        else:
+            logs.append(read(paths, label))
     if args.radii:
         try:
             radii = [float(r) for r in args.radii.split(",")]
         except ValueError:
             raise UserError(f"--radii must be comma-separated numbers, got {args.radii!r}") from None
     else:
-        radii = report.default_radii(max(float(log.radius.max(initial=0.0)) for log in logs))
-    text = report.build_report(logs, radii, fmt=args.format, envelope=not args.no_envelope)
+        every_log = logs + [log for _, members in groups for log in members]
+        radii = report.default_radii(max(float(log.radius.max(initial=0.0)) for log in every_log))
+    text = report.build_report(logs, radii, fmt=args.format, envelope=not args.no_envelope, groups=groups)
     resolved = {"command": "report", "logs": [{"label": log.label, "path": str(log.path)} for log in logs],
-                "radii": radii, "format": args.format, "envelope": not args.no_envelope}
+                "envelopes": [{"label": label, "paths": [str(log.path) for log in members]}
+                              for label, members in groups],
+                "every": args.every, "radii": radii, "format": args.format, "envelope": not args.no_envelope}
     if args.out:
         write_text_atomic(args.out, text)
         write_json_atomic(f"{args.out}.json", resolved)
@@ -389,7 +404,8 @@ def run_report(args) -> int:
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     if args.plot:
-        report.plot_certified_accuracy(logs, args.plot, title=args.title, envelope=not args.no_envelope)
+        report.plot_certified_accuracy(logs, args.plot, title=args.title, envelope=not args.no_envelope,
+                                       groups=groups)
         write_json_atomic(f"{args.plot}.json", resolved)
         print(f"plot: {args.plot}")
     return 0

@@ -127,7 +127,7 @@ def _check_same_examples(logs: Sequence[CertLog], hint: str = "") -> None:
             )
 
 
-def envelope(logs: Sequence[CertLog], radii) -> dict:
+def envelope(logs: Sequence[CertLog], radii, label: str = "envelope") -> dict:
     """Best over logs (e.g. over σ): at each radius the highest certified accuracy and its log.
 
     The logs must cover the same examples. Only accuracies are enveloped: the ACR of a
@@ -144,7 +144,7 @@ def envelope(logs: Sequence[CertLog], radii) -> dict:
     table = np.stack([certified_accuracy(log, radii) for log in logs])  # (logs, radii)
     best = np.argmax(table, axis=0)  # ties go to the earlier log
     return {
-        "label": "envelope",
+        "label": label,
         "members": [log.label for log in logs],
         "n_examples": len(logs[0]),
         "certified_accuracy": {k: float(table[b, j]) for j, (k, b) in enumerate(zip(keys, best))},
@@ -258,15 +258,25 @@ def render_table(summaries: Iterable[Mapping], radii, fmt: str = "text") -> str:
     return "\n".join(lines) + "\n"
 
 
+Group = tuple[str, Sequence[CertLog]]  # (label, logs): one row or curve, the logs' best-over-σ envelope
+
+
 def build_report(
-    logs: Sequence[CertLog], radii, fmt: str = "text", envelope: bool = True
+    logs: Sequence[CertLog], radii, fmt: str = "text", envelope: bool = True, groups: Sequence[Group] = ()
 ) -> str:
-    """One row per log, plus the best-over-logs envelope row when there are two or more logs."""
-    logs = list(logs)
-    if not logs:
+    """One row per log, plus the best-over-logs envelope row when there are two or more logs.
+
+    Each of `groups` adds one row after them: the envelope of its logs under its label (e.g. one
+    method's best over σ), so that several methods' envelopes sit in one table. The overall
+    envelope row is left out when there are groups (an envelope over methods is not a method).
+    """
+    logs, groups = list(logs), list(groups)
+    if not logs and not groups:
         raise UserError("a report needs at least one certification log")
     rows = [summarize(log, radii) for log in logs]
-    if envelope and len(logs) > 1:
+    for label, members in groups:
+        rows.append(_envelope(members, radii, label=label))
+    if envelope and len(logs) > 1 and not groups:
         _check_same_examples(logs, hint=" (or leave the envelope out: --no-envelope)")
         rows.append(_envelope(logs, radii))
     return render_table(rows, radii, fmt=fmt)
@@ -283,30 +293,35 @@ def plot_certified_accuracy(
     title: str | None = None,
     envelope: bool = True,
     max_radius: float | None = None,
+    groups: Sequence[Group] = (),
 ) -> Path:
     """Certified accuracy against radius, one curve per log, the best-over-logs envelope dashed.
 
-    Written atomically; the format follows the suffix (.png, .pdf or .svg). The envelope is drawn
-    only for two or more logs, which must then cover the same examples.
+    Each of `groups` adds one curve, the envelope of its logs under its label (no overall envelope
+    is drawn then). Written atomically; the format follows the suffix (.png, .pdf or .svg). The
+    envelope is drawn only for two or more logs, which must then cover the same examples.
     """
     # Figure + Agg canvas directly: no display, no global pyplot state, safe in threads.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    logs = list(logs)
+    logs, groups = list(logs), list(groups)
     out_png = Path(out_png)
-    if not logs:
+    if not logs and not groups:
         raise UserError("plot needs at least one certification log")
-    for log in logs:
+    every_log = logs + [log for _, members in groups for log in members]
+    for log in every_log:
         _require_rows(log)
+    for _, members in groups:
+        _check_same_examples(list(members))
     plot_format = out_png.suffix.lower().lstrip(".")
     if plot_format not in PLOT_FORMATS:
         raise UserError(f"{out_png}: plot file must end in .png, .pdf or .svg")
-    draw_envelope = envelope and len(logs) > 1
+    draw_envelope = envelope and len(logs) > 1 and not groups
     if draw_envelope:
         _check_same_examples(logs, hint=" (or plot with envelope=False)")
     if max_radius is None:
-        largest = max(float(log.radius.max()) for log in logs)
+        largest = max(float(log.radius.max()) for log in every_log)
         max_radius = 1.05 * largest if largest > 0 else 1.0
     if not (math.isfinite(max_radius) and max_radius > 0):
         raise UserError(f"max radius for the plot must be > 0, got {max_radius!r}")
@@ -321,6 +336,9 @@ def plot_certified_accuracy(
         # name σ unless the label already does
         name = log.label if log.sigma is None or "σ" in log.label else f"{log.label} (σ={log.sigma:g})"
         axes.plot(grid, curve, linewidth=1.4, label=name)
+    for label, members in groups:
+        axes.plot(grid, np.max([certified_accuracy(log, grid) for log in members], axis=0), linewidth=1.4,
+                  label=label)
     if draw_envelope:
         axes.plot(grid, np.max(curves, axis=0), "k--", linewidth=1.2, label="envelope")
     axes.set_xlim(0.0, max_radius)

@@ -46,6 +46,8 @@ MAX_PERIOD = 10_000.0     # lowest frequency of the sinusoidal embedding is 1 / 
 RRCM_VIT_SIZES: dict[str, dict[str, Any]] = {
     # digits 8x8 / MNIST 28x28 on a CPU (the registry's default)
     "tiny": {"patch_size": None, "width": 64, "depth": 4, "heads": 4, "projector_hidden": 256},
+    # MNIST 28x28 on a CPU: patch 7 (16 tokens) certifies 3x faster than tiny's patch 4 (49 tokens)
+    "mnist": {"patch_size": 7, "width": 64, "depth": 4, "heads": 4, "projector_hidden": 256},
     # the digits demo: 2x faster certification than tiny on a CPU
     "digits": {"patch_size": 2, "width": 48, "depth": 3, "heads": 3, "projector_hidden": 256},
     # CIFAR-10 trainable on a CPU

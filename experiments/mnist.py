@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""The MNIST study of docs/results.md, from nothing to the tables: one command, resumable.
+
+    python experiments/mnist.py                      # every step, in order (skips what is done)
+    python experiments/mnist.py --list               # the steps and whether each is done
+    python experiments/mnist.py --only 'certify:rrcm-*' --dry-run   # what some steps would run
+    python experiments/mnist.py --only report        # tables and plots from the committed logs
+
+Every step is one `rrcm` command. Training, pre-training and certification resume where they
+stopped (re-running a finished step is a no-op), so the script can be stopped at any point and run
+again, in this session or the next. Checkpoints go to --runs (not committed); certification logs,
+training times and inference costs go to results/mnist/ (committed); the report goes to
+docs/results.md and docs/results/.
+
+Settings (the issue's): train on the 17,435 complete MNIST training images, certify every 20th test
+image (500) with n0 = 100, n = 10,000, alpha = 0.001, at sigma in {0.25, 0.5, 1.0}. DDS certifies every
+100th test image (100): its UNet makes one run ~5x longer than the others (see docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results" / "mnist"
+SIGMAS = (0.25, 0.5, 1.0)
+# consistency weight per sigma: Jeong & Shin's published MNIST settings (lambda 10 at 0.25, 5 above)
+LBD = {0.25: 10.0, 0.5: 5.0, 1.0: 5.0}
+ABLATION_SIGMA = 0.5
+CERTIFY = ["--n0", "100", "--n", "10000", "--alpha", "0.001", "--precision", "bf16", "--quiet"]
+SKIP, DDS_SKIP = 20, 100
+# the same ViT backbone for every ViT method: patch 7 (16 tokens), width 64, depth 4
+VIT = ["--arch", "rrcm_vit", "--arch-option", "size=mnist"]
+VIT_SCRATCH = ["--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.05", "--epochs", "30",
+               "--batch-size", "128", "--warmup-epochs", "2", "--grad-clip", "3.0"]
+SHORT_PRETRAIN_STEPS = 750  # a quarter of the preset's 3,000
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]            # arguments of `rrcm`
+    done_file: Path | None     # exists when the step has finished (None: always run, e.g. report)
+    log: Path | None = None    # certification log this step writes (results/), if any
+    extra: dict = field(default_factory=dict)
+
+
+def sigma_tag(sigma: float) -> str:
+    return f"s{sigma:g}"
+
+
+def build_steps(runs: Path, data_root: str) -> list[Step]:
+    data = ["--data", "mnist", "--data-root", data_root]
+    steps: list[Step] = []
+
+    def train(name: str, command: list[str], out_file: str = "model.safetensors") -> None:
+        out = runs / name
+        steps.append(Step(name, [*command, *data, "--quiet", "--out", str(out)], out / out_file))
+
+    def certify(name: str, checkpoint: Path, skip: int = SKIP, batch: int = 1000) -> None:
+        log = RESULTS / "logs" / f"{name}.tsv"
+        argv = ["certify", "--checkpoint", str(checkpoint), "--data-root", data_root, "--skip", str(skip),
+                "--batch-size", str(batch), *CERTIFY, "--out", str(log)]
+        if name.startswith("lenet"):
+            argv.append("--channels-last")
+        steps.append(Step(f"certify:{name}", argv, None, log=log))
+
+    def pretrain(name: str, *options: str) -> Path:
+        train(name, ["pretrain", "--preset", "mnist-rrcm-pretrain", *options], "encoder.safetensors")
+        return runs / name / "encoder.safetensors"
+
+    def finetune(name: str, sigma: float, encoder: Path | None) -> None:
+        pretrained = ["--pretrained", str(encoder)] if encoder else ["--arch-option", "size=mnist"]
+        train(name, ["finetune", "--preset", "mnist-rrcm-finetune", "--sigma", str(sigma), *pretrained])
+        certify(name, runs / name / "model.safetensors")
+
+    # rRCM: pre-train once, fine-tune per sigma
+    encoder = pretrain("rrcm-pretrain")
+    for sigma in SIGMAS:
+        finetune(f"rrcm-{sigma_tag(sigma)}", sigma, encoder)
+    # the same ViT trained from scratch with Gaussian augmentation and with consistency regularisation
+    for sigma in SIGMAS:
+        for method, options in (("gaussian", []), ("consistency", ["--num-noise", "2", "--lbd", str(LBD[sigma]),
+                                                                    "--eta", "0.5"])):
+            name = f"vit-{method}-{sigma_tag(sigma)}"
+            train(name, ["train", *VIT, *VIT_SCRATCH, "--method", method, "--sigma", str(sigma), *options])
+            certify(name, runs / name / "model.safetensors")
+    # LeNet (Jeong & Shin's MNIST network) with the same two methods; 30 epochs instead of 90 (CPU budget)
+    for sigma in SIGMAS:
+        for method, preset, options in (("gaussian", "mnist-lenet", []),
+                                        ("consistency", "mnist-lenet-consistency", ["--lbd", str(LBD[sigma])])):
+            name = f"lenet-{method}-{sigma_tag(sigma)}"
+            train(name, ["train", "--preset", preset, "--sigma", str(sigma), "--epochs", "30", *options])
+            certify(name, runs / name / "model.safetensors")
+    # DDS: a denoiser trained here + the same ViT backbone (no time token) trained on clean images
+    train("vit-clean", ["train", "--arch", "vit", "--arch-option", "patch_size=7", *VIT_SCRATCH, "--method", "clean"])
+    train("denoiser", ["train-denoiser", "--preset", "mnist-denoiser"], "denoiser.safetensors")
+    for sigma in SIGMAS:
+        name = f"dds-{sigma_tag(sigma)}"
+        out = runs / f"{name}.safetensors"
+        steps.append(Step(name, ["dds", "assemble", "--denoiser", str(runs / "denoiser" / "denoiser.safetensors"),
+                                 "--classifier", str(runs / "vit-clean" / "model.safetensors"),
+                                 "--sigma", str(sigma), "--out", str(out)], out))
+        certify(name, out, skip=DDS_SKIP, batch=500)
+    # ablations at one sigma: each pre-training term off, a quarter of the pre-training, none at all
+    tag = sigma_tag(ABLATION_SIGMA)
+    for name, options in (("no-trajectory", ["--trajectory-weight", "0"]),
+                          ("no-instance", ["--instance-weight", "0"]),
+                          ("short", ["--steps", str(SHORT_PRETRAIN_STEPS)])):
+        ablation_encoder = pretrain(f"ablation-{name}-pretrain", *options)
+        finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, ablation_encoder)
+    finetune(f"ablation-no-pretraining-{tag}", ABLATION_SIGMA, None)
+    # inference cost per noise sample of each kind of base classifier, then the report
+    steps.append(Step("cost", ["bench", "cost", "--no-paper", "--batch-size", "1000", "--precision", "bf16",
+                               "--repeats", "5", "--quiet", "--json", str(RESULTS / "cost.json"),
+                               "--checkpoint", f"LeNet={runs / 'lenet-gaussian-s0.25' / 'model.safetensors'}",
+                               "--checkpoint", f"ViT={runs / 'rrcm-s0.25' / 'model.safetensors'}",
+                               "--checkpoint", f"DDS={runs / 'dds-s0.25.safetensors'}"],
+                      RESULTS / "cost.json"))
+    steps.append(Step("report", [], None))
+    return steps
+
+
+def is_done(step: Step) -> bool:
+    if step.log is not None:
+        settings = step.log.with_name(step.log.name + ".json")
+        try:
+            return step.log.exists() and json.loads(settings.read_text()).get("complete") is True
+        except (OSError, json.JSONDecodeError):
+            return False
+    return step.done_file is not None and step.done_file.exists()
+
+
+def run_step(step: Step, runs: Path) -> float:
+    """Run one rrcm command, its output appended to <runs>/logs/<step>.out; returns its wall time."""
+    out = runs / "logs" / (step.name.replace(":", "-") + ".out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if step.log is not None:
+        step.log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(out, "a") as stream:
+        stream.write(f"$ rrcm {' '.join(step.argv)}\n")
+        stream.flush()
+        result = subprocess.run([sys.executable, "-m", "rrcm", *step.argv], stdout=stream, stderr=subprocess.STDOUT,
+                                cwd=REPO)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = out.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise SystemExit(f"mnist.py: step {step.name} failed (exit {result.returncode}): {tail[0]}  [see {out}]")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "mnist"),
+                        help="folder with the MNIST idx files (default: ../shared/data/mnist)")
+    parser.add_argument("--runs", default=str(REPO / "runs" / "mnist"), help="checkpoints and step outputs")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="run only the steps matching this glob (repeatable), e.g. 'certify:*' or report")
+    parser.add_argument("--list", action="store_true", help="list the steps and whether each is done")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    args = parser.parse_args(argv)
+
+    runs = Path(args.runs).resolve()
+    steps = build_steps(runs, args.data_root)
+    if args.only:
+        steps = [s for s in steps if any(fnmatch.fnmatchcase(s.name, pattern) for pattern in args.only)]
+        if not steps:
+            parser.error(f"no step matches {args.only}; see --list")
+    if args.list:
+        for step in steps:
+            print(f"{'done' if is_done(step) else '    '}  {step.name}")
+        return 0
+    needs_data = any(step.argv and not is_done(step) for step in steps)
+    if needs_data and not args.dry_run and not Path(args.data_root).is_dir():
+        parser.error(f"MNIST not found at {args.data_root}; give --data-root (the folder with the idx .gz files)")
+    for step in steps:
+        if step.name == "report":
+            if args.dry_run:
+                print("(report) docs/results.md from results/mnist/")
+            else:
+                from mnist_report import write_report  # beside this script
+                write_report(runs)
+            continue
+        if is_done(step):
+            continue
+        if args.dry_run:
+            print("rrcm " + " ".join(step.argv))
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] {step.name} ...", flush=True)
+        seconds = run_step(step, runs)
+        print(f"[{time.strftime('%H:%M:%S')}] {step.name} done in {seconds / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""experiments/mnist.py: the study's steps stay in step with the CLI, and its report regenerates."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rrcm.certlog import LOG_COLUMNS, format_row, header_line
+from rrcm.cli import main as rrcm
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def study():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        yield importlib.import_module("mnist"), importlib.import_module("mnist_report")
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_path):
+    mnist, _ = study
+    steps = mnist.build_steps(tmp_path, "/data/mnist")
+    names = [s.name for s in steps]
+    assert len(names) == len(set(names))
+    for method in ("rrcm", "vit-gaussian", "vit-consistency", "lenet-gaussian", "lenet-consistency", "dds"):
+        for sigma in ("0.25", "0.5", "1"):
+            assert f"certify:{method}-s{sigma}" in names
+    for ablation in ("no-trajectory", "no-instance", "short", "no-pretraining"):
+        assert f"certify:ablation-{ablation}-s0.5" in names
+    for step in steps:
+        if step.name.startswith("certify:"):
+            argv = step.argv
+            settings = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+            assert (settings["--n0"], settings["--n"], settings["--alpha"]) == ("100", "10000", "0.001")
+            assert settings["--skip"] == ("100" if "dds" in step.name else "20")
+            assert step.log.parent.name == "logs" and step.log.suffix == ".tsv"
+        # a step runs after the steps that write what it reads
+        for i, arg in enumerate(step.argv):
+            if arg.endswith(".safetensors") and step.argv[i - 1] != "--out":
+                writers = [s for s in steps if s.done_file == Path(arg.split("=", 1)[-1])]
+                assert len(writers) == 1 and names.index(writers[0].name) < names.index(step.name), (step.name, arg)
+    assert names[-2:] == ["cost", "report"]
+
+
+def test_training_steps_resolve_with_the_cli(study, tmp_path, shared_dir, capsys):
+    # every training command of the study is valid as written (--dry-run resolves it on the real data)
+    mnist, _ = study
+    steps = mnist.build_steps(tmp_path / "runs", str(shared_dir / "data" / "mnist"))
+    checked = 0
+    for step in steps:
+        if step.argv and step.argv[0] in ("train", "pretrain", "train-denoiser") or (
+                step.argv and step.argv[0] == "finetune" and "--pretrained" not in step.argv):
+            assert rrcm([*step.argv, "--dry-run"]) == 0, step.name
+            resolved = json.loads(capsys.readouterr().out)
+            assert resolved["data"]["name"] == "mnist" and resolved["data"]["image_size"] == 28
+            checked += 1
+    assert checked == 19  # 12 baselines, clean ViT, denoiser, 4 pre-trainings, fine-tuning without one
+    assert not (tmp_path / "runs").exists()
+
+
+def fake_log(path: Path, idx: range, radius: float, sigma: float, wrong_every: int = 5) -> None:
+    text = header_line()
+    for i in idx:
+        right = (i // 20) % wrong_every != 0
+        text += format_row(dict(idx=i, label=i % 10, predict=i % 10 if right else (i + 1) % 10,
+                                radius=radius, correct=int(right), time=0.5, cA=i % 10, nA=9000, n0=100, n=10000,
+                                sigma=sigma, alpha=0.001, seed=0, pA_lower=0.9), LOG_COLUMNS)
+    path.write_text(text)
+    path.with_name(path.name + ".json").write_text(json.dumps({"complete": True, "settings": {"seed": 0}}))
+
+
+def test_report_regenerates_blocks_and_keeps_the_prose(study, tmp_path, monkeypatch, capsys):
+    _, report = study
+    repo = tmp_path / "repo"
+    logs = repo / "results" / "mnist" / "logs"
+    logs.mkdir(parents=True)
+    for name, value in {"REPO": repo, "RESULTS": repo / "results" / "mnist", "LOGS": logs, "DOCS": repo / "docs",
+                        "TABLES": repo / "docs" / "results" / "mnist", "RESULTS_MD": repo / "docs" / "results.md",
+                        "PUBLISHED": tmp_path / "no-published-logs"}.items():
+        monkeypatch.setattr(report, name, value)
+    # rRCM and Gaussian LeNet finished, the rest not yet
+    for sigma, radius in (("0.25", 0.5), ("0.5", 1.0), ("1", 1.5)):
+        fake_log(logs / f"rrcm-s{sigma}.tsv", range(0, 10000, 20), radius, float(sigma))
+        fake_log(logs / f"lenet-gaussian-s{sigma}.tsv", range(0, 10000, 20), radius / 2, float(sigma), 4)
+    (repo / "docs").mkdir()
+    (repo / "docs" / "results.md").write_text("# Results\n\nHand-written.\n\n<!-- begin mnist-headline -->\nold\n"
+                                              "<!-- end mnist-headline -->\n\nDiscussion stays.\n")
+    report.write_report(tmp_path / "runs")
+    capsys.readouterr()
+    document = (repo / "docs" / "results.md").read_text()
+    assert "Hand-written." in document and "Discussion stays." in document and "\nold\n" not in document
+    headline = document.split("<!-- begin mnist-headline -->")[1].split("<!-- end mnist-headline -->")[0]
+    assert "Not yet certified" in headline and "Consistency, ViT" in headline
+    rows = {line.split("|")[1].strip(): line for line in headline.splitlines() if line.startswith("| ")}
+    # envelope over σ: 80% correct, certified to 1.5 by σ = 1 -> 80.0 at r = 1.5, 0 beyond
+    cells = [c.strip() for c in rows["rRCM"].split("|")[1:-1]]
+    assert cells[6] == "80.0" and cells[6 + 6] == "80.0" and cells[6 + 7] == "0.0"
+    assert "Gaussian, LeNet" in rows and "rrcm report" in headline and "results/mnist/logs/rrcm-s0.25.tsv" in headline
+    assert (repo / "docs" / "results" / "mnist_envelopes.png").exists()
+    for block in ("mnist-setup", "mnist-per-sigma", "mnist-dds", "mnist-cost", "mnist-ablations"):
+        assert f"<!-- begin {block} -->" in document
+    # running it again changes nothing
+    report.write_report(tmp_path / "runs")
+    assert (repo / "docs" / "results.md").read_text() == document
