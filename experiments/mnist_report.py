@@ -23,6 +23,7 @@ LOGS = RESULTS / "logs"
 DOCS = REPO / "docs"
 TABLES = DOCS / "results" / "mnist"
 RESULTS_MD = DOCS / "results.md"
+README = REPO / "README.md"
 PUBLISHED = REPO.parent / "shared" / "oracle" / "certify-logs" / "mnist"
 
 SIGMAS = ("0.25", "0.5", "1")
@@ -271,3 +272,9 @@ def write_report(runs: Path) -> None:
         document = replace_block(document, name, content)
     RESULTS_MD.write_text(document)
     print(f"report: {rel(RESULTS_MD)}")
+    # the README shows the headline envelopes and plot (docs/results.md has the rest)
+    if README.exists() and "<!-- begin mnist-headline -->" in README.read_text():
+        envelopes = TABLES / "envelopes.md"
+        table = envelopes.read_text() if envelopes.exists() else "(not yet certified)\n"
+        plot = "\n![MNIST envelopes](docs/results/mnist_envelopes.png)\n" if envelopes.exists() else ""
+        README.write_text(replace_block(README.read_text(), "mnist-headline", table + plot))

@@ -83,6 +83,7 @@ def test_report_regenerates_blocks_and_keeps_the_prose(study, tmp_path, monkeypa
     logs.mkdir(parents=True)
     for name, value in {"REPO": repo, "RESULTS": repo / "results" / "mnist", "LOGS": logs, "DOCS": repo / "docs",
                         "TABLES": repo / "docs" / "results" / "mnist", "RESULTS_MD": repo / "docs" / "results.md",
+                        "README": repo / "README.md",
                         "PUBLISHED": tmp_path / "no-published-logs"}.items():
         monkeypatch.setattr(report, name, value)
     # rRCM and Gaussian LeNet finished, the rest not yet
@@ -92,8 +93,11 @@ def test_report_regenerates_blocks_and_keeps_the_prose(study, tmp_path, monkeypa
     (repo / "docs").mkdir()
     (repo / "docs" / "results.md").write_text("# Results\n\nHand-written.\n\n<!-- begin mnist-headline -->\nold\n"
                                               "<!-- end mnist-headline -->\n\nDiscussion stays.\n")
+    (repo / "README.md").write_text("# rrcm\n<!-- begin mnist-headline -->\n<!-- end mnist-headline -->\nmore\n")
     report.write_report(tmp_path / "runs")
     capsys.readouterr()
+    readme = (repo / "README.md").read_text()
+    assert "| rRCM |" in readme and "mnist_envelopes.png" in readme and readme.endswith("more\n")
     document = (repo / "docs" / "results.md").read_text()
     assert "Hand-written." in document and "Discussion stays." in document and "\nold\n" not in document
     headline = document.split("<!-- begin mnist-headline -->")[1].split("<!-- end mnist-headline -->")[0]
