@@ -167,6 +167,9 @@ def per_sigma_block() -> str:
     for sigma in SIGMAS:
         items = [f"{label}={log_path(pattern.format(sigma))}" for label, pattern, _, _ in METHODS[:-1]
                  if is_complete(pattern.format(sigma))]
+        first = f"first-recipe/rrcm-s{sigma}"  # the recipe rRCM was first run with (see the discussion)
+        if is_complete(first):
+            items.insert(1, f"rRCM, first recipe={log_path(first)}")
         block.text(f"**σ = {sigma}**", "")
         if items:
             block.report(f"sigma{sigma}", items, "--no-envelope", plot=f"mnist_sigma{sigma}.png",
