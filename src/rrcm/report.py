@@ -346,7 +346,7 @@ def plot_certified_accuracy(
     axes.set_xlabel("radius (L2)")
     axes.set_ylabel("certified accuracy")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small", loc="upper right")
+    axes.legend(fontsize="small", loc="lower left")  # curves start high at r = 0 and fall to the right
     if title:
         axes.set_title(title)
     figure.tight_layout()
