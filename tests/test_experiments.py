@@ -113,3 +113,26 @@ def test_report_regenerates_blocks_and_keeps_the_prose(study, tmp_path, monkeypa
     # running it again changes nothing
     report.write_report(tmp_path / "runs")
     assert (repo / "docs" / "results.md").read_text() == document
+
+
+def test_claims_are_paired_differences_with_verdicts(study, tmp_path, monkeypatch):
+    _, report = study
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    monkeypatch.setattr(report, "LOGS", logs)
+    assert "No pair" in report.claims_block()
+    # on the same 500 images: rRCM 80% correct at radius 1.0, consistency ViT 75% correct at radius 0.5
+    fake_log(logs / "rrcm-s0.5.tsv", range(0, 10000, 20), 1.0, 0.5)
+    fake_log(logs / "vit-consistency-s0.5.tsv", range(0, 10000, 20), 0.5, 0.5, 4)
+    rows = [line for line in report.claims_block().splitlines() if line.startswith("| 0.5 |")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].split("|")[1:-1]]
+    assert cells[1] == "rRCM − Consistency, ViT" and cells[2] == "500"
+    assert cells[3].startswith("+0.425 ± ")  # 0.8 × 1.0 − 0.75 × 0.5
+    assert cells[4].startswith("+5.0 ± ")  # r = 0.5: 80% against 75%
+    # r = 0.75: only rRCM certifies (400 of 500): 1.96 · sd(0/1 with mean 0.8) / √500 = 3.5 points
+    assert cells[5] == "+80.0 ± 3.5"
+    assert cells[8:10] == ["-", "-"]  # r = 2 and 2.5 lie beyond the cap 3.2σ = 1.6
+    assert cells[10] == "holds"
+    assert report.verdict([(0.01, 0.02), (-0.01, 0.02)]) == "within noise"
+    assert report.verdict([(0.01, 0.02), (-0.03, 0.02)]) == "fails"

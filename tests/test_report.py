@@ -27,6 +27,7 @@ from rrcm.report import (
     certified_accuracy,
     default_radii,
     envelope,
+    paired_difference,
     plot_certified_accuracy,
     radius_key,
     render_table,
@@ -419,3 +420,40 @@ def test_parse_time_forms():
     assert parse_time("1.5") == 1.5
     with pytest.raises(ValueError):
         parse_time("-1")
+
+
+# The same four examples as HANDMADE, in another order, certified differently.
+HANDMADE_OTHER = (
+    "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+    "3\t4\t4\t1.0\t1\t1\n"
+    "2\t3\t3\t0.25\t1\t1\n"
+    "1\t2\t2\t1.25\t1\t1\n"
+    "0\t1\t-1\t0.0\t0\t1\n"
+)
+
+
+def test_paired_difference_matches_hand_computation(tmp_path):
+    first = read_log(write(tmp_path, HANDMADE, "a.tsv"))
+    second = read_log(write(tmp_path, HANDMADE_OTHER, "b.tsv"))
+    result = paired_difference(first, second, [0, 0.5], z=2.0)
+    # Per idx: radius x correct is (0.5, 1.25, 0, 0) against (0, 1.25, 0.25, 1.0), so the
+    # differences are (0.5, 0, -0.25, -1): mean -0.1875, sd 0.625, half width 2 * 0.625 / 2.
+    assert result["n_examples"] == 4
+    assert result["acr"]["difference"] == pytest.approx(-0.1875)
+    assert result["acr"]["half_width"] == pytest.approx(0.625)
+    # r = 0: certified (1, 1, 0, 0) against (0, 1, 1, 1); r = 0.5: (1, 1, 0, 0) against (0, 1, 0, 1).
+    assert result["certified_accuracy"]["0.0"]["difference"] == pytest.approx(-0.25)
+    assert result["certified_accuracy"]["0.5"]["difference"] == pytest.approx(0.0)
+    assert result["certified_accuracy"]["0.5"]["half_width"] == pytest.approx(2 * np.sqrt(2 / 3) / 2)
+    # The difference is antisymmetric; a log against itself differs by exactly nothing.
+    reverse = paired_difference(second, first, [0, 0.5], z=2.0)
+    assert reverse["acr"]["difference"] == pytest.approx(0.1875)
+    same = paired_difference(first, first, [0, 0.5])
+    assert same["acr"] == {"difference": 0.0, "half_width": 0.0}
+
+
+def test_paired_difference_needs_the_same_examples(tmp_path):
+    first = read_log(write(tmp_path, HANDMADE, "a.tsv"))
+    fewer = read_log(write(tmp_path, "\n".join(HANDMADE_OTHER.splitlines()[:3]) + "\n", "b.tsv"))
+    with pytest.raises(UserError, match="different examples.*paired comparison"):
+        paired_difference(first, fewer, [0])
