@@ -110,20 +110,20 @@ def build_steps(runs: Path, data_root: str) -> list[Step]:
                                  "--classifier", str(runs / "vit-clean" / "model.safetensors"),
                                  "--sigma", str(sigma), "--out", str(out)], out))
         certify(name, out, skip=DDS_SKIP, batch=500)
-    # the other ablations at the same sigma: each pre-training term off, a quarter of the pre-training
-    tag = sigma_tag(ABLATION_SIGMA)
-    for name, options in (("no-trajectory", ["--trajectory-weight", "0"]),
-                          ("no-instance", ["--instance-weight", "0"]),
-                          ("short", ["--steps", str(SHORT_PRETRAIN_STEPS)])):
-        ablation_encoder = pretrain(f"ablation-{name}-pretrain", *options)
-        finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, ablation_encoder)
-    # inference cost per noise sample of each kind of base classifier, then the report
+    # inference cost per noise sample of each kind of base classifier (cheap: before the ablations)
     steps.append(Step("cost", ["bench", "cost", "--no-paper", "--batch-size", "1000", "--precision", "bf16",
                                "--repeats", "5", "--quiet", "--json", str(RESULTS / "cost.json"),
                                "--checkpoint", f"LeNet={runs / 'lenet-gaussian-s0.25' / 'model.safetensors'}",
                                "--checkpoint", f"ViT={runs / 'rrcm-s0.25' / 'model.safetensors'}",
                                "--checkpoint", f"DDS={runs / 'dds-s0.25.safetensors'}"],
                       RESULTS / "cost.json"))
+    # the other ablations at the same sigma, cheapest first: a quarter of the pre-training, each term off
+    tag = sigma_tag(ABLATION_SIGMA)
+    for name, options in (("short", ["--steps", str(SHORT_PRETRAIN_STEPS)]),
+                          ("no-trajectory", ["--trajectory-weight", "0"]),
+                          ("no-instance", ["--instance-weight", "0"])):
+        ablation_encoder = pretrain(f"ablation-{name}-pretrain", *options)
+        finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, ablation_encoder)
     steps.append(Step("report", [], None))
     return steps
 
