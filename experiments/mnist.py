@@ -77,9 +77,9 @@ def build_steps(runs: Path, data_root: str) -> list[Step]:
         train(name, ["pretrain", "--preset", "mnist-rrcm-pretrain", *options], "encoder.safetensors")
         return runs / name / "encoder.safetensors"
 
-    def finetune(name: str, sigma: float, encoder: Path | None) -> None:
+    def finetune(name: str, sigma: float, encoder: Path | None, *options: str) -> None:
         pretrained = ["--pretrained", str(encoder)] if encoder else ["--arch-option", "size=mnist"]
-        train(name, ["finetune", "--preset", "mnist-rrcm-finetune", "--sigma", str(sigma), *pretrained])
+        train(name, ["finetune", "--preset", "mnist-rrcm-finetune", "--sigma", str(sigma), *pretrained, *options])
         certify(name, runs / name / "model.safetensors")
 
     # rRCM (pre-trained once, fine-tuned per sigma) and the baselines, sigma by sigma so that each sigma's
@@ -117,13 +117,18 @@ def build_steps(runs: Path, data_root: str) -> list[Step]:
                                "--checkpoint", f"ViT={runs / 'rrcm-s0.25' / 'model.safetensors'}",
                                "--checkpoint", f"DDS={runs / 'dds-s0.25.safetensors'}"],
                       RESULTS / "cost.json"))
-    # the other ablations at the same sigma, cheapest first: a quarter of the pre-training, each term off
+    # the other ablations at the same sigma, cheapest first: a quarter of the pre-training; both fine-tunings
+    # (pre-trained, from scratch) for 3 epochs instead of 30, which shows whether pre-training gives a head
+    # start that long fine-tuning hides; each pre-training term off
     tag = sigma_tag(ABLATION_SIGMA)
-    for name, options in (("short", ["--steps", str(SHORT_PRETRAIN_STEPS)]),
-                          ("no-trajectory", ["--trajectory-weight", "0"]),
+    finetune(f"ablation-short-{tag}", ABLATION_SIGMA,
+             pretrain("ablation-short-pretrain", "--steps", str(SHORT_PRETRAIN_STEPS)))
+    brief = ["--epochs", "3", "--warmup-epochs", "0.3"]
+    finetune(f"ablation-brief-finetune-{tag}", ABLATION_SIGMA, encoder, *brief)
+    finetune(f"ablation-brief-finetune-no-pretraining-{tag}", ABLATION_SIGMA, None, *brief)
+    for name, options in (("no-trajectory", ["--trajectory-weight", "0"]),
                           ("no-instance", ["--instance-weight", "0"])):
-        ablation_encoder = pretrain(f"ablation-{name}-pretrain", *options)
-        finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, ablation_encoder)
+        finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, pretrain(f"ablation-{name}-pretrain", *options))
     steps.append(Step("report", [], None))
     return steps
 

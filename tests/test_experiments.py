@@ -32,7 +32,8 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
     for method in ("rrcm", "vit-gaussian", "vit-consistency", "lenet-gaussian", "lenet-consistency", "dds"):
         for sigma in ("0.25", "0.5", "1"):
             assert f"certify:{method}-s{sigma}" in names
-    for ablation in ("no-trajectory", "no-instance", "short", "no-pretraining"):
+    for ablation in ("no-trajectory", "no-instance", "short", "no-pretraining", "brief-finetune",
+                     "brief-finetune-no-pretraining"):
         assert f"certify:ablation-{ablation}-s0.5" in names
     for step in steps:
         if step.name.startswith("certify:"):
@@ -46,7 +47,10 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
             if arg.endswith(".safetensors") and step.argv[i - 1] != "--out":
                 writers = [s for s in steps if s.done_file == Path(arg.split("=", 1)[-1])]
                 assert len(writers) == 1 and names.index(writers[0].name) < names.index(step.name), (step.name, arg)
-    assert names[-2:] == ["cost", "report"]
+    assert names[-1] == "report"
+    assert names.index("cost") > max(names.index(f"certify:dds-s{sigma}") for sigma in ("0.25", "0.5", "1"))
+    brief = steps[names.index("ablation-brief-finetune-s0.5")].argv
+    assert brief[brief.index("--epochs") + 1] == "3" and "--pretrained" in brief
 
 
 def test_training_steps_resolve_with_the_cli(study, tmp_path, shared_dir, capsys):
@@ -61,7 +65,7 @@ def test_training_steps_resolve_with_the_cli(study, tmp_path, shared_dir, capsys
             resolved = json.loads(capsys.readouterr().out)
             assert resolved["data"]["name"] == "mnist" and resolved["data"]["image_size"] == 28
             checked += 1
-    assert checked == 19  # 12 baselines, clean ViT, denoiser, 4 pre-trainings, fine-tuning without one
+    assert checked == 20  # 12 baselines, clean ViT, denoiser, 4 pre-trainings, 2 fine-tunings without one
     assert not (tmp_path / "runs").exists()
 
 
