@@ -174,8 +174,9 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
             print(f"resuming {out_dir} after epoch {start_epoch} of {cfg.epochs}")
 
     if ctx.is_main:
-        print(f"training {cfg.arch} ({count_parameters(model):,} parameters) with {cfg.method} noise "
-              f"σ={cfg.sigma} on {cfg.data} ({num_examples} images) for {cfg.epochs} epochs on {device}")
+        noise = "on clean images" if cfg.method == "clean" else f"with {cfg.method} noise σ={cfg.sigma}"
+        print(f"training {cfg.arch} ({count_parameters(model):,} parameters) {noise} on {cfg.data} "
+              f"({num_examples} images) for {cfg.epochs} epochs on {device}")
     tensorboard = _tensorboard_writer(out_dir) if ctx.is_main else None
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
