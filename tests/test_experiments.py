@@ -109,7 +109,7 @@ def test_report_regenerates_blocks_and_keeps_the_prose(study, tmp_path, monkeypa
     rows = {line.split("|")[1].strip(): line for line in headline.splitlines() if line.startswith("| ")}
     # envelope over σ: 80% correct, certified to 1.5 by σ = 1 -> 80.0 at r = 1.5, 0 beyond
     cells = [c.strip() for c in rows["rRCM"].split("|")[1:-1]]
-    assert cells[6] == "80.0" and cells[6 + 6] == "80.0" and cells[6 + 7] == "0.0"
+    assert cells[2] == "80.0" and cells[2 + 6] == "80.0" and cells[2 + 7] == "0.0"  # label, n, r=0, ...
     assert "Gaussian, LeNet" in rows and "rrcm report" in headline and "results/mnist/logs/rrcm-s0.25.tsv" in headline
     assert (repo / "docs" / "results" / "mnist_envelopes.png").exists()
     for block in ("mnist-setup", "mnist-per-sigma", "mnist-dds", "mnist-cost", "mnist-ablations"):

@@ -268,7 +268,12 @@ def test_groups_give_one_labelled_envelope_row_each(tmp_path: Path):
     assert rows[2]["certified_accuracy"] == {"0.0": 1.0, "0.5": 0.5, "1.0": 0.5}
     assert rows[2]["best_label"]["0.0"] == b2.label and rows[2]["best_label"]["1.0"] == b1.label
     text = build_report([], [0.0, 0.5], groups=[("A", [a1, a2])])
-    assert text.splitlines()[2].split()[:2] == ["A", "-"]
+    # an envelope has no σ, clean accuracy, abstention, ACR or time: those columns are left out
+    assert text.splitlines()[0].split() == ["label", "n", "r=0.0", "r=0.5"]
+    assert text.splitlines()[2].split() == ["A", "2", "100.0", "50.0"]
+    mixed = build_report([a1], [0.0], fmt="markdown", groups=[("A", [a1, a2])]).splitlines()
+    assert mixed[0].split(" | ")[1:3] == ["n", "clean%"]  # a Cohen log has no σ
+    assert mixed[3].split(" | ")[:3] == ["| A", "2", "-"]
     other = read_log(cohen_log(tmp_path, "c", [(5, 1, 1, 0.4), (1, 1, 1, 0.3)]))
     with pytest.raises(UserError, match="different examples"):
         build_report([], [0.0], groups=[("A", [a1, other])])

@@ -288,6 +288,12 @@ def render_table(summaries: Iterable[Mapping], radii, fmt: str = "text") -> str:
     headings = ["label", *(c[1] for c in _SCALAR_COLUMNS), *(f"r={k}" for k in keys),
                 _TIME_COLUMN[1]]
     texts = [text for _, text in rows]
+    # for readers, a column that no row has (e.g. clean% in a table of envelopes) is left out;
+    # csv and json above keep every column so that their schema does not depend on the rows
+    shown = [i for i in range(len(headings))
+             if i == 0 or not rows or any(raw[i] is not None for raw, _ in rows)]
+    headings = [headings[i] for i in shown]
+    texts = [[text[i] for i in shown] for text in texts]
     if fmt == "markdown":
         lines = ["| " + " | ".join(headings) + " |",
                  "|" + "|".join([":---"] + ["---:"] * (len(headings) - 1)) + "|"]
