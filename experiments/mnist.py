@@ -119,16 +119,21 @@ def build_steps(runs: Path, data_root: str) -> list[Step]:
                       RESULTS / "cost.json"))
     # the other ablations at the same sigma, cheapest first: a quarter of the pre-training; both fine-tunings
     # (pre-trained, from scratch) for 3 epochs instead of 30, which shows whether pre-training gives a head
-    # start that long fine-tuning hides; each pre-training term off
+    # start that long fine-tuning hides; each pre-training term off, fine-tuned for 30 epochs and, where the
+    # head start is visible, for 3
     tag = sigma_tag(ABLATION_SIGMA)
     finetune(f"ablation-short-{tag}", ABLATION_SIGMA,
              pretrain("ablation-short-pretrain", "--steps", str(SHORT_PRETRAIN_STEPS)))
     brief = ["--epochs", "3", "--warmup-epochs", "0.3"]
     finetune(f"ablation-brief-finetune-{tag}", ABLATION_SIGMA, encoder, *brief)
     finetune(f"ablation-brief-finetune-no-pretraining-{tag}", ABLATION_SIGMA, None, *brief)
+    term_encoders = {}
     for name, options in (("no-trajectory", ["--trajectory-weight", "0"]),
                           ("no-instance", ["--instance-weight", "0"])):
-        finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, pretrain(f"ablation-{name}-pretrain", *options))
+        term_encoders[name] = pretrain(f"ablation-{name}-pretrain", *options)
+        finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, term_encoders[name])
+    for name, term_encoder in term_encoders.items():
+        finetune(f"ablation-brief-finetune-{name}-{tag}", ABLATION_SIGMA, term_encoder, *brief)
     steps.append(Step("report", [], None))
     return steps
 

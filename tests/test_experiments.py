@@ -33,7 +33,7 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
         for sigma in ("0.25", "0.5", "1"):
             assert f"certify:{method}-s{sigma}" in names
     for ablation in ("no-trajectory", "no-instance", "short", "no-pretraining", "brief-finetune",
-                     "brief-finetune-no-pretraining"):
+                     "brief-finetune-no-pretraining", "brief-finetune-no-trajectory", "brief-finetune-no-instance"):
         assert f"certify:ablation-{ablation}-s0.5" in names
     for step in steps:
         if step.name.startswith("certify:"):
@@ -51,6 +51,9 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
     assert names.index("cost") > max(names.index(f"certify:dds-s{sigma}") for sigma in ("0.25", "0.5", "1"))
     brief = steps[names.index("ablation-brief-finetune-s0.5")].argv
     assert brief[brief.index("--epochs") + 1] == "3" and "--pretrained" in brief
+    for term in ("no-trajectory", "no-instance"):  # the 3-epoch term ablations start from that term's encoder
+        argv = steps[names.index(f"ablation-brief-finetune-{term}-s0.5")].argv
+        assert argv[argv.index("--pretrained") + 1].endswith(f"ablation-{term}-pretrain/encoder.safetensors")
 
 
 def test_training_steps_resolve_with_the_cli(study, tmp_path, shared_dir, capsys):
