@@ -183,6 +183,9 @@ def write_report() -> None:
              "epochs come from the calibration in results/cifar10/plan.json."]
     document = REPO / "docs" / "results.md"
     document.write_text(replace_block(document.read_text(), "cifar10", "\n".join(lines) + "\n"))
+    readme = REPO / "README.md"  # the README shows the table and plot
+    headline = (out / "table.md").read_text().rstrip() + "\n\n![CIFAR-10, σ = 0.25](docs/results/cifar10.png)\n"
+    readme.write_text(replace_block(readme.read_text(), "cifar10-headline", headline))
     print("report: docs/results.md")
 
 

@@ -60,6 +60,8 @@ def test_report_from_the_committed_logs_is_what_the_docs_show(cifar10, tmp_path,
     (repo / "docs").mkdir(parents=True)
     committed = (cifar10.REPO / "docs" / "results.md").read_text()
     (repo / "docs" / "results.md").write_text(committed)
+    readme = (cifar10.REPO / "README.md").read_text()
+    (repo / "README.md").write_text(readme)
     (repo / "results").symlink_to(cifar10.REPO / "results")
     monkeypatch.setattr(cifar10, "REPO", repo)
     monkeypatch.setattr(cifar10, "RESULTS", repo / "results" / "cifar10")
@@ -67,6 +69,7 @@ def test_report_from_the_committed_logs_is_what_the_docs_show(cifar10, tmp_path,
     cifar10.write_report()
     capsys.readouterr()
     assert (repo / "docs" / "results.md").read_text() == committed
+    assert (repo / "README.md").read_text() == readme and "cifar10.png" in readme
     table = (repo / "docs" / "results" / "cifar10" / "table.md").read_text()
     assert "| rRCM (cifar-small ViT) | 0.25 | 100 | 55.0 |" in table
     assert "| Gaussian, ResNet-110 | 0.25 | 100 | 71.0 |" in table
