@@ -152,6 +152,15 @@ def test_small_suite_timing_is_positive_and_json_parses():
     assert "digits rRCM" in format_report(report)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_small_suite_times_on_the_gpu():
+    settings = CostSettings(batch_size=64, precisions=("bf16",), repeats=2, warmup=1, device="cuda")
+    report = measure([small_suite()], settings)
+    for net in report["networks"].values():
+        assert net["timings"]["bf16"]["device"] == "cuda" and net["timings"]["bf16"]["seconds_per_sample"] > 0
+    assert "CUDA autocast" in format_report(report)
+
+
 def test_pair_ratios_are_flops_and_time_ratios():
     lenet = model_config("lenet5", num_classes=10, in_channels=1, image_size=8, mean=[0.5], std=[0.5])
     vit = model_config("vit", num_classes=10, in_channels=1, image_size=8, mean=[0.5], std=[0.5])
@@ -198,6 +207,8 @@ def assert_one_line_error(code, err, text):
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--no-paper"], "nothing to measure"),
     (["--no-paper", "--time-paper", "--small"], "contradict"),
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device on this machine")]),
 ])
 def test_cli_errors_are_one_line(argv, text, capsys, tmp_path):
     out = tmp_path / "never.json"

@@ -175,8 +175,13 @@ class CostSettings:
     n0: int = DEFAULT_N0
     seed: int = 0
     wait_idle: float = 0.0  # seconds to wait for an idle machine before each timed forward (0: don't)
+    device: str = "cpu"  # where the timed forwards run: cpu, cuda or cuda:N
 
     def validate(self) -> None:
+        if self.device != "cpu" and not (self.device == "cuda" or self.device.startswith("cuda:")):
+            raise UserError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device != "cpu" and not torch.cuda.is_available():
+            raise UserError(f"--device {self.device}: no CUDA device on this machine; use --device cpu")
         for name in ("batch_size", "big_batch_size", "repeats", "n"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -427,9 +432,9 @@ def _ticks() -> int:
         return 100
 
 
-def _autocast(precision: str):
+def _autocast(precision: str, device_type: str = "cpu"):
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device_type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -451,7 +456,8 @@ def wait_for_idle(limit_s: float) -> float:
 
 
 def time_model(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int, precision: str,
-               repeats: int, warmup: int = 1, seed: int = 0, wait_idle: float = 0.0) -> dict[str, Any]:
+               repeats: int, warmup: int = 1, seed: int = 0, wait_idle: float = 0.0,
+               device: str = "cpu") -> dict[str, Any]:
     """Median wall time of a forward of `batch_size` samples (random [0, 1] pixels), per sample.
 
     Also reports how many cores other processes kept busy meanwhile (from /proc/stat): on a small
@@ -462,17 +468,23 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: in
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    x = torch.rand((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed))
+    x = torch.rand((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    model = model.to(device)
+    on_gpu = torch.device(device).type == "cuda"
+    # a GPU runs asynchronously: wait for its queue before starting and before stopping the clock
+    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
     seconds, elsewhere, attempts = [], [], []
-    with torch.inference_mode(), _autocast(precision):
+    with torch.inference_mode(), _autocast(precision, torch.device(device).type):
         for _ in range(warmup):
             model(x)
+        sync()
         for _ in range(repeats):
             for attempt in range(1, (CONTENDED_RETRIES + 2) if wait_idle > 0 else 2):
                 if wait_idle > 0:
                     wait_for_idle(wait_idle)
                 busy0, cpu0, t0 = _busy_jiffies(), time.process_time(), time.perf_counter()
                 model(x)
+                sync()
                 dt = time.perf_counter() - t0
                 other = max(0.0, ((_busy_jiffies() - busy0) / _ticks() - (time.process_time() - cpu0)) / dt)
                 if other <= CONTENDED_CORES:
@@ -481,7 +493,8 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: in
             elsewhere.append(other)
             attempts.append(attempt)
     median = statistics.median(seconds)
-    return {"precision": precision, "batch_size": batch_size, "repeats": repeats, "warmup": warmup,
+    return {"precision": precision, "device": device, "batch_size": batch_size, "repeats": repeats,
+            "warmup": warmup,
             "seconds_per_forward": seconds, "seconds_per_sample": median / batch_size,
             "busy_elsewhere_cores": max(elsewhere), "busy_elsewhere_per_forward": elsewhere, "attempts": attempts}
 
@@ -500,7 +513,9 @@ def _machine() -> dict[str, Any]:
                         "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"})
     except OSError:
         pass
-    return {"cpu": cpu or platform.processor() or "unknown", "cpu_flags": flags, "cpu_count": os.cpu_count(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu or platform.processor() or "unknown", "gpu": gpu, "cpu_flags": flags,
+            "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -520,7 +535,7 @@ def measure(suites: Sequence[Suite], settings: CostSettings, *, progress: bool =
                                             "big_batch_size": settings.big_batch_size,
                                             "big_macs_threshold": BIG_MACS, "precisions": list(settings.precisions),
                                             "repeats": settings.repeats, "warmup": settings.warmup,
-                                            "wait_idle": settings.wait_idle,
+                                            "wait_idle": settings.wait_idle, "device": settings.device,
                                             "n": settings.n, "n0": settings.n0}},
         "networks": {}, "classifiers": [], "pairs": [], "skipped": [],
     }
@@ -544,8 +559,11 @@ def measure(suites: Sequence[Suite], settings: CostSettings, *, progress: bool =
                     entry["timings"][precision] = time_model(model, spec.input_shape, batch_size=batch,
                                                              precision=precision, repeats=settings.repeats,
                                                              warmup=settings.warmup, seed=settings.seed,
-                                                             wait_idle=settings.wait_idle)
+                                                             wait_idle=settings.wait_idle,
+                                                             device=settings.device)
                 del model
+                if settings.device != "cpu":
+                    torch.cuda.empty_cache()
             report["networks"][spec.key] = entry
         for clf in suite.classifiers:
             nets = [report["networks"][k] for k in clf.networks]
@@ -623,8 +641,10 @@ def format_report(report: dict[str, Any]) -> str:
     settings = meta["settings"]
     precisions = settings["precisions"]
     samples = settings["n"] + settings["n0"]
-    out = [f"Inference cost per noise sample  (torch {meta['torch']}, {meta['cpu']}, "
-           f"{meta['torch_threads']} threads, {meta['date']})", ""]
+    device = settings.get("device", "cpu")
+    where = (f"{meta['cpu']}, {meta['torch_threads']} threads" if device == "cpu"
+             else f"{meta.get('gpu') or device} ({device})")
+    out = [f"Inference cost per noise sample  (torch {meta['torch']}, {where}, {meta['date']})", ""]
     per_sample = [f"{p} /sample" for p in precisions]
     header = ["network", "input", "params", "FLOPs", "MACs", "batch", *per_sample, "reference"]
     rows = []
@@ -656,7 +676,8 @@ def format_report(report: dict[str, Any]) -> str:
                 "element-wise work not counted); MACs = FLOPs / 2.",
             f"Time: median of {settings['repeats']} forwards after {settings['warmup']} warm-up, divided by the "
             f"batch; batch {settings['batch_size']}, or {settings['big_batch_size']} from "
-            f"{_si(settings['big_macs_threshold'])}MAC per sample; bf16 = CPU autocast. "
+            f"{_si(settings['big_macs_threshold'])}MAC per sample; bf16 = "
+            f"{'CPU' if device == 'cpu' else 'CUDA'} autocast. "
             "'-': not timed (paper scale needs --time-paper)."]
     busy = [b for net in report["networks"].values() for t in net["timings"].values()
             for b in t["busy_elsewhere_per_forward"]]
@@ -683,7 +704,8 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
 def run_cost_command(args) -> int:
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     settings = CostSettings(batch_size=args.batch_size, big_batch_size=args.big_batch_size, precisions=precisions,
-                            repeats=args.repeats, warmup=args.warmup, n=args.n, n0=args.n0, wait_idle=args.wait_idle)
+                            repeats=args.repeats, warmup=args.warmup, n=args.n, n0=args.n0, wait_idle=args.wait_idle,
+                            device=args.device)
     settings.validate()
     suites = []
     if args.checkpoint:

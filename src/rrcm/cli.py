@@ -452,6 +452,7 @@ def add_bench_parser(sub) -> None:
     c.add_argument("--big-batch-size", type=int, default=1,
                    help="samples per timed forward for networks of >= 100 GMAC per sample (default 1)")
     c.add_argument("--precision", default="fp32,bf16", help="fp32, bf16 (CPU autocast) or both: fp32,bf16 (default)")
+    c.add_argument("--device", default="cpu", help="where the timed forwards run: cpu (default), cuda or cuda:N")
     c.add_argument("--repeats", type=int, default=3, help="timed forwards per network and precision; the median counts")
     c.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing (default 1)")
     c.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
