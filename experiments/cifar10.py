@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fnmatch
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mnist import Step, is_done, run_step  # noqa: E402  (the same step machinery as the MNIST study)
+from mnist import Step, is_done, run_step, select_steps  # noqa: E402  (the same step machinery as the MNIST study)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results" / "cifar10"
@@ -40,16 +39,17 @@ SIGMA = 0.25
 SKIP = 100
 CERTIFY = ["--n0", "100", "--n", "10000", "--alpha", "0.001", "--precision", "bf16", "--quiet"]
 PRETRAIN_SHARE = 2 / 3
+PROBE_PRETRAIN_STEPS, PROBE_LOG_EVERY = 60, 20  # the pre-training probe: 3 timing windows
 LABELS = {"rrcm-s0.25": "rRCM (cifar-small ViT)", "resnet110-gaussian-s0.25": "Gaussian, ResNet-110"}
 
 
-def commands(plan: dict, data: list[str], runs: Path) -> dict[str, list[str]]:
+def commands(plan: dict, runs: Path, log_every: int = 50, checkpoint_every: int = 500) -> dict[str, list[str]]:
     """The training commands of a plan (steps and epochs fixed by calibration)."""
     steps, ft_epochs, r110_epochs = plan["pretrain_steps"], plan["finetune_epochs"], plan["resnet110_epochs"]
     return {
         "rrcm-pretrain": ["pretrain", "--preset", "cifar10-small-rrcm-pretrain", "--steps", str(steps),
-                          "--warmup-steps", str(max(1, steps // 20)), "--log-every", "50",
-                          "--checkpoint-every", "500"],
+                          "--warmup-steps", str(max(1, steps // 20)), "--log-every", str(log_every),
+                          "--checkpoint-every", str(checkpoint_every)],
         "rrcm-s0.25": ["finetune", "--preset", "cifar10-b-finetune", "--sigma", str(SIGMA),
                        "--pretrained", str(runs / "rrcm-pretrain" / "encoder.safetensors"),
                        "--epochs", str(ft_epochs), "--warmup-epochs", f"{max(0.5, ft_epochs / 10):g}"],
@@ -67,7 +67,7 @@ def build_steps(runs: Path, data_root: str, plan: dict | None) -> list[Step]:
     steps = [Step("calibrate", [], PLAN)]
     if plan is None:  # the training steps exist once the plan does
         return steps + [Step("report", [], None)]
-    for name, argv in commands(plan, data, runs).items():
+    for name, argv in commands(plan, runs).items():
         out = runs / name
         steps.append(Step(name, [*argv, *data, "--quiet", "--out", str(out)], out / out_file(name)))
     for name in LABELS:
@@ -90,16 +90,16 @@ def calibrate(runs: Path, data_root: str, minutes: float) -> dict:
     data = ["--data", "cifar10", "--data-root", data_root, "--quiet"]
     probes = runs / "probes"
     shutil.rmtree(probes, ignore_errors=True)
-    probe_plan = {"pretrain_steps": 60, "finetune_epochs": 1, "resnet110_epochs": 1}
-    argvs = commands(probe_plan, data, probes)
-    argvs["rrcm-pretrain"] = [*argvs["rrcm-pretrain"][:-4], "--log-every", "20", "--checkpoint-every", "60"]
+    probe_plan = {"pretrain_steps": PROBE_PRETRAIN_STEPS, "finetune_epochs": 1, "resnet110_epochs": 1}
+    argvs = commands(probe_plan, probes, log_every=PROBE_LOG_EVERY, checkpoint_every=PROBE_PRETRAIN_STEPS)
     measured = {}
     for name, argv in argvs.items():
         run_step(Step(f"probe-{name}", [*argv, *data, "--out", str(probes / name)], None), runs)
         windows = _window_seconds(probes / name / "metrics.csv")
         # pre-training: seconds per step from the windows after the first (which holds compilation/warm-up);
         # training: the one epoch's seconds (warm-up included: the plan errs on the short side)
-        measured[name] = (sum(windows[1:]) / (20 * len(windows[1:]))) if name.endswith("pretrain") else windows[0]
+        measured[name] = (sum(windows[1:]) / (PROBE_LOG_EVERY * len(windows[1:]))) if name.endswith("pretrain") \
+            else windows[0]
     budget = 60 * minutes
     plan = {
         "minutes_per_method": minutes,
@@ -130,21 +130,14 @@ RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 def difference_lines() -> list[str]:
     """rRCM minus the baseline on the same test images, paired, with 95% intervals."""
-    from mnist_report import _signed, verdict  # the MNIST report's formatting and verdict rule
+    from mnist_report import difference_cells  # the MNIST report's cells and verdict rule
     from rrcm.certlog import read_log
-    from rrcm.report import paired_difference, radius_key
 
-    first, second = (RESULTS / "logs" / f"{name}.tsv" for name in LABELS)
-    result = paired_difference(read_log(first), read_log(second), RADII)
-    acr = result["acr"]
-    accuracy = [result["certified_accuracy"][radius_key(r)] for r in RADII]
-    judged = [(acr["difference"], acr["half_width"])] + [(a["difference"], a["half_width"]) for a in accuracy]
-    labels = list(LABELS.values())
+    n, acr, cells, judged = difference_cells(*(read_log(RESULTS / "logs" / f"{name}.tsv") for name in LABELS), RADII)
+    first, second = LABELS.values()
     return ["| comparison | test images | ΔACR | " + " | ".join(f"Δ% at r={r:g}" for r in RADII) + " | verdict |",
             "|:---|---:|---:|" + "---:|" * len(RADII) + ":---|",
-            f"| {labels[0]} − {labels[1]} | {result['n_examples']} | {_signed(acr['difference'], acr['half_width'])} | "
-            + " | ".join(_signed(a["difference"], a["half_width"], 100, 1) for a in accuracy)
-            + f" | {verdict(judged)} |"]
+            f"| {first} − {second} | {n} | {acr} | " + " | ".join(cells) + f" | {judged} |"]
 
 
 def write_report() -> None:
@@ -173,8 +166,9 @@ def write_report() -> None:
     plan = json.loads(PLAN.read_text())
     times = json.loads((RESULTS / "training.json").read_text()) if (RESULTS / "training.json").exists() else {}
     minutes = {k: f"{v / 60:.1f}" for k, v in times.items()}
+    table = (out / "table.md").read_text().rstrip()
     lines = ["```", "rrcm " + " ".join(f'"{a}"' if " " in a or "=" in a else a for a in argv), "```", "",
-             (out / "table.md").read_text().rstrip(), "", "![CIFAR-10, σ = 0.25](results/cifar10.png)", "",
+             table, "", "![CIFAR-10, σ = 0.25](results/cifar10.png)", "",
              "Paired, on the same 100 test images:", "", *difference_lines(), "",
              f"Training: rRCM {plan['pretrain_steps']:,} pre-training steps of 512 + {plan['finetune_epochs']} "
              f"fine-tuning epochs ({minutes.get('rrcm-pretrain', '-')} + {minutes.get('rrcm-s0.25', '-')} min); "
@@ -184,7 +178,7 @@ def write_report() -> None:
     document = REPO / "docs" / "results.md"
     document.write_text(replace_block(document.read_text(), "cifar10", "\n".join(lines) + "\n"))
     readme = REPO / "README.md"  # the README shows the table and plot
-    headline = (out / "table.md").read_text().rstrip() + "\n\n![CIFAR-10, σ = 0.25](docs/results/cifar10.png)\n"
+    headline = table + "\n\n![CIFAR-10, σ = 0.25](docs/results/cifar10.png)\n"
     readme.write_text(replace_block(readme.read_text(), "cifar10-headline", headline))
     print("report: docs/results.md")
 
@@ -207,11 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = Path(args.runs).resolve()
     plan = json.loads(PLAN.read_text()) if PLAN.exists() else None
-    steps = build_steps(runs, args.data_root, plan)
-    if args.only:
-        steps = [s for s in steps if any(fnmatch.fnmatchcase(s.name, p) for p in args.only)]
-        if not steps:
-            parser.error(f"no step matches {args.only}; see --list")
+    steps = select_steps(build_steps(runs, args.data_root, plan), args.only)
+    if not steps:
+        parser.error(f"no step matches {args.only}; see --list")
     if args.list or args.dry_run:
         for step in steps:
             if args.list:
@@ -244,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = calibrate(runs, args.data_root, args.minutes)
             PLAN.write_text(json.dumps(plan, indent=2) + "\n")
             print(json.dumps(plan), flush=True)
-            steps = build_steps(runs, args.data_root, plan)
-            if args.only:
-                steps = [s for s in steps if any(fnmatch.fnmatchcase(s.name, p) for p in args.only)]
+            steps = select_steps(build_steps(runs, args.data_root, plan), args.only)
         else:
             run_step(step, runs)
         print(f"[{time.strftime('%H:%M:%S')}] {step.name} done in {(time.perf_counter() - start) / 60:.1f} min",

@@ -167,6 +167,11 @@ def run_step(step: Step, runs: Path) -> float:
     return seconds
 
 
+def select_steps(steps: list[Step], patterns: list[str]) -> list[Step]:
+    """The steps whose names match any of the glob patterns (all steps when there are none)."""
+    return [s for s in steps if any(fnmatch.fnmatchcase(s.name, p) for p in patterns)] if patterns else steps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,10 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = Path(args.runs).resolve()
     steps = build_steps(runs, args.data_root)
-    if args.only:
-        steps = [s for s in steps if any(fnmatch.fnmatchcase(s.name, pattern) for pattern in args.only)]
-        if not steps:
-            parser.error(f"no step matches {args.only}; see --list")
+    steps = select_steps(steps, args.only)
+    if not steps:
+        parser.error(f"no step matches {args.only}; see --list")
     if args.list:
         for step in steps:
             print(f"{'done' if is_done(step) else '    '}  {step.name}")

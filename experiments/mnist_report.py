@@ -250,11 +250,22 @@ def verdict(differences: list[tuple[float, float]]) -> str:
     return "within noise"
 
 
+def difference_cells(first, second, radii) -> tuple[int, str, list[str], str]:
+    """One paired comparison of two logs: test images, the ΔACR cell, a Δ% cell per radius, the verdict."""
+    from rrcm.report import paired_difference
+
+    result = paired_difference(first, second, radii)
+    acr = result["acr"]
+    accuracy = [result["certified_accuracy"][radius_key(r)] for r in radii]
+    judged = [(acr["difference"], acr["half_width"])] + [(a["difference"], a["half_width"]) for a in accuracy]
+    return (result["n_examples"], _signed(acr["difference"], acr["half_width"]),
+            [_signed(a["difference"], a["half_width"], 100, 1) for a in accuracy], verdict(judged))
+
+
 def difference_table(rows: list[tuple[str, str, str, str, str, int]]) -> list[str]:
     """Markdown table of paired differences; rows are (σ, first label, first log, second label,
     second log, every-kth subset); pairs whose logs are not both complete are skipped."""
     from rrcm.certlog import every_kth, read_log
-    from rrcm.report import paired_difference
 
     lines = ["| σ | comparison | test images | ΔACR | " + " | ".join(f"Δ% at r={r:g}" for r in CLAIM_RADII)
              + " | verdict |", "|---:|:---|---:|---:|" + "---:|" * len(CLAIM_RADII) + ":---|"]
@@ -263,15 +274,9 @@ def difference_table(rows: list[tuple[str, str, str, str, str, int]]) -> list[st
             continue
         radii = [r for r in CLAIM_RADII if r < 3.2 * float(sigma)]  # beyond the cap both certify nothing
         logs = [every_kth(read_log(log_path(n), label=n), every) for n in (first_log, second_log)]
-        result = paired_difference(*logs, radii)
-        acr = result["acr"]
-        accuracy = [result["certified_accuracy"][radius_key(r)] for r in radii]
-        cells = [_signed(a["difference"], a["half_width"], 100, 1) for a in accuracy]
+        n, acr, cells, judged = difference_cells(*logs, radii)
         cells += ["-"] * (len(CLAIM_RADII) - len(radii))
-        judged = [(acr["difference"], acr["half_width"])] + [(a["difference"], a["half_width"]) for a in accuracy]
-        lines.append(f"| {sigma} | {first} − {second} | {result['n_examples']} | "
-                     f"{_signed(acr['difference'], acr['half_width'])} | " + " | ".join(cells)
-                     + f" | {verdict(judged)} |")
+        lines.append(f"| {sigma} | {first} − {second} | {n} | {acr} | " + " | ".join(cells) + f" | {judged} |")
     return lines if len(lines) > 2 else []
 
 
