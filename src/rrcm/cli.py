@@ -140,6 +140,8 @@ def add_train_parser(sub) -> None:
         p.add_argument("--freeze-head", action="store_true",
                        help="ablation: keep the head at its initial values (as the authors' released code does)")
         p.add_argument("--no-augment", action="store_true", help="disable the data set's standard augmentation")
+        p.add_argument("--ignore-class-names", action="store_true",
+                       help="fine-tune even if --pretrained was pre-trained on data with other class names")
         p.add_argument("--out", required=True, help="output folder (checkpoint, config.json, metrics.csv)")
         p.set_defaults(run=run_train, base_defaults=defaults)
 
@@ -232,13 +234,14 @@ def run_train(args) -> int:
 
     cfg = train_config_from_args(args)
     if args.dry_run:
-        print(json.dumps(resolve_run_config(cfg), indent=2, sort_keys=True))
+        print(json.dumps(resolve_run_config(cfg, ignore_class_names=args.ignore_class_names), indent=2,
+                         sort_keys=True))
         return 0
     from .distributed import init_distributed, shutdown
 
     ctx = init_distributed(cfg.device)
     try:
-        path = train_classifier(cfg, args.out, progress=not args.quiet)
+        path = train_classifier(cfg, args.out, progress=not args.quiet, ignore_class_names=args.ignore_class_names)
     except BaseException:
         shutdown(ctx, failed=True)
         raise
@@ -271,26 +274,17 @@ def add_certify_parser(sub) -> None:
     p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (autocast; bf16 is ~2× faster on CPU)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--ignore-class-names", action="store_true",
+                   help="certify even if the data set's class names differ from those the checkpoint was trained on")
     p.add_argument("--out", required=True, help="log file to write (its settings go to <out>.json)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_certify)
 
 
-def check_checkpoint_matches_data(ckpt_config: dict[str, Any], info, checkpoint: str) -> None:
-    """Channels, image size and class count of the checkpoint must match the data set."""
-    model = ckpt_config["model"]
-    expected = {"channels": model.get("in_channels"), "image size": model.get("image_size"),
-                "classes": model.get("num_classes")}
-    actual = {"channels": info.channels, "image size": info.image_size, "classes": info.num_classes}
-    for key in expected:
-        if expected[key] is not None and expected[key] != actual[key]:
-            raise UserError(f"checkpoint {checkpoint} expects {expected[key]} {key} but the data set has "
-                            f"{actual[key]}; certify it on the data it was trained for")
-
-
 def run_certify(args) -> int:
     from .checkpoint import load_checkpoint, read_checkpoint_config
+    from .compatibility import check_checkpoint_matches_data, check_class_names, recorded_class_names
     from .data import load_dataset
     from .distributed import init_distributed, shutdown
     from .smoothing.runner import CertifySettings, certify_dataset
@@ -326,6 +320,8 @@ def run_certify(args) -> int:
     image_size = ckpt_config["model"].get("image_size") if data_name == "imagefolder" else None
     dataset = load_dataset(data_name, args.split, args.data_root, image_size=image_size)
     check_checkpoint_matches_data(ckpt_config, dataset.info, args.checkpoint)
+    if not args.ignore_class_names:
+        check_class_names(recorded_class_names(ckpt_config), dataset.info.classes, args.checkpoint)
     if args.dry_run:
         from dataclasses import asdict
 

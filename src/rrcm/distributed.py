@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -25,13 +27,29 @@ class DistContext:
         return self.world_size > 1
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
 def choose_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` takes the local GPU when there is one, else the CPU."""
+    """`auto` takes the local GPU when there is one, else the CPU; anything else must exist here."""
     if requested == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"unknown device {requested!r}; choose {DEVICE_CHOICES}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise UserError(f"device {requested!r} is not supported by rrcm; choose {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                        "use --device cpu (or auto), or install a CUDA build of torch on a GPU machine")
+    if device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device} does not exist: this machine has {torch.cuda.device_count()} GPU(s); "
+                        "use cuda:0 .. cuda:N-1, or auto")
     return device
 
 

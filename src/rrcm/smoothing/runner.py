@@ -112,6 +112,40 @@ def _check_resumable(run_config_path: Path, run_config: dict[str, Any]) -> None:
                         "resume with the same settings, or write to another --out")
 
 
+def complete_log_exists(log_path: Path, run_config_path: Path, run_config: dict[str, Any],
+                        indices: Sequence[int]) -> bool:
+    """True when `log_path` is this very run, finished; False when there is nothing there yet (or only
+    part files to resume). Anything else standing at the output path is an error and is left untouched:
+    a log counts as complete only when its `.json` records the same settings, checkpoint and data, says it
+    is complete, and the log holds exactly the selected rows.
+    """
+    if log_path.is_dir():
+        raise UserError(f"--out {log_path} is a folder; give a file name for the log, e.g. {log_path}/certify.tsv")
+    if run_config_path.is_dir():
+        raise UserError(f"{run_config_path} is a folder, but rrcm keeps the log's settings there; "
+                        "remove it or choose another --out")
+    if not log_path.exists():
+        return False
+    if not run_config_path.is_file():
+        raise UserError(f"{log_path} already exists but has no {run_config_path.name} beside it, so it is not a "
+                        "certification log of this run; remove it or choose another --out")
+    _check_resumable(run_config_path, run_config)
+    if part_paths(log_path):
+        return False  # interrupted between merge and clean-up: the resume path re-merges
+    previous = json.loads(run_config_path.read_text())
+    if previous.get("complete") is not True:
+        raise UserError(f"{log_path} exists but {run_config_path.name} does not mark it complete; remove both "
+                        "and re-run to certify again, or choose another --out")
+    try:
+        logged = [int(i) for i in read_log(log_path).idx]
+    except UserError as e:
+        raise UserError(f"{log_path} exists but cannot be read back ({e}); remove it or choose another --out") from None
+    if logged != list(indices):
+        raise UserError(f"{log_path} holds {len(logged)} rows but this run selects {len(indices)} examples; "
+                        "remove it or choose another --out")
+    return True
+
+
 def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, log_path: str | os.PathLike, *,
                     ctx: DistContext, checkpoint_path: str | os.PathLike | None = None,
                     data_source: dict[str, Any] | None = None, progress: bool = True) -> Path:
@@ -138,8 +172,7 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
         "complete": False,
     }
 
-    if log_path.exists() and not part_paths(log_path):
-        _check_resumable(run_config_path, run_config)
+    if complete_log_exists(log_path, run_config_path, run_config, indices):
         if ctx.is_main:
             print(f"{log_path} is already complete ({len(indices)} examples); nothing to do")
         return log_path

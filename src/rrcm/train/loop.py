@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .mixing import mix_batch
 from .schedule import warmup_cosine
 from .outputs import CONFIG_FILE, check_resumable, write_metrics
+from ..compatibility import check_class_names, recorded_class_names
 from .objectives import clean_objective, consistency_objective, gaussian_objective
 
 MODEL_FILE = "model.safetensors"
@@ -83,8 +84,11 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module, depth: int | None =
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def resolve_run_config(cfg: TrainConfig, info=None) -> dict[str, Any]:
-    """Everything the run will use, resolved: what `--dry-run` prints and `config.json` holds."""
+def resolve_run_config(cfg: TrainConfig, info=None, *, ignore_class_names: bool = False) -> dict[str, Any]:
+    """Everything the run will use, resolved: what `--dry-run` prints and `config.json` holds.
+
+    Fine-tuning from an encoder pre-trained on other classes is refused unless `ignore_class_names`.
+    """
     cfg.validate()
     if info is None:
         info = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size).info
@@ -104,6 +108,8 @@ def resolve_run_config(cfg: TrainConfig, info=None) -> dict[str, Any]:
                 raise UserError(f"{cfg.pretrained} was pre-trained on {pretrained_model['in_channels']}×"
                                 f"{pretrained_model['image_size']}² images but the data has {info.channels}×"
                                 f"{info.image_size}²; fine-tune on the data it was pre-trained on")
+            if not ignore_class_names:
+                check_class_names(recorded_class_names(encoder_config), info.classes, cfg.pretrained)
             keep = ("patch_size", "width", "depth", "heads", "mlp_ratio")
             options = {**{k: pretrained_model[k] for k in keep if k in pretrained_model}, **options}
             extra["pretrained"] = {"path": cfg.pretrained, "data": encoder_config.get("data"),
@@ -119,7 +125,7 @@ def resolve_run_config(cfg: TrainConfig, info=None) -> dict[str, Any]:
 
 
 def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True,
-                     stop_after_epoch: int | None = None) -> Path:
+                     stop_after_epoch: int | None = None, ignore_class_names: bool = False) -> Path:
     """Train (or resume training) and return the path of the final checkpoint.
 
     `stop_after_epoch` ends the run early after that epoch's checkpoint, as an interruption would.
@@ -127,7 +133,7 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
     out_dir = Path(out_dir)
     cfg.validate()
     dataset = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)
-    run_config = resolve_run_config(cfg, dataset.info)
+    run_config = resolve_run_config(cfg, dataset.info, ignore_class_names=ignore_class_names)
     ctx = init_distributed(cfg.device)
     final_path = out_dir / MODEL_FILE
     if final_path.exists():

@@ -88,6 +88,9 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            # InfoNCE needs at least one negative and the projector's batch norm two samples to normalise
+            raise UserError(f"--batch-size must be at least 2 for contrastive pre-training, got {self.batch_size}")
         if self.batch_size % world_size:
             raise UserError(f"the global batch ({self.batch_size}) must divide evenly over {world_size} processes")
         if self.lr <= 0 or self.temperature <= 0:
