@@ -88,10 +88,10 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", dry_
     if dry_run:
         print(json.dumps(resolved, indent=2, sort_keys=True))
         return 0
+    ctx = init_distributed(device)  # a device that does not exist fails here, before anything is written
     write_json_atomic(out / "demo.json", resolved)
 
     test_set = load_dataset("digits", "test")
-    ctx = init_distributed(device)
     print(f"== rRCM: pre-train the encoder ({plan.pretrain_steps} steps)")
     pretrain(pretrain_cfg, encoder_path.parent, progress=False, ctx=ctx)
     _print_last_row(encoder_path.parent / "metrics.csv", "step")
