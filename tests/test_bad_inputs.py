@@ -103,15 +103,15 @@ def _completed_then_truncated(inputs, outputs, fx):
     (outputs / "log.tsv").write_text("".join(lines[:-1]))
 
 
-def _ckpt_variant(name, edit=None, raw=None, flip=False):
+def _ckpt_variant(name, edit=None, raw=None, flip=False, source="ckpt"):
     def setup(inputs, outputs, fx):
         target = inputs / name
         if flip:
-            _flip_weight_bit(fx["ckpt"], target)
+            _flip_weight_bit(fx[source], target)
         elif raw is not None:
-            _raw_metadata_checkpoint(fx["ckpt"], target, raw)
+            _raw_metadata_checkpoint(fx[source], target, raw)
         else:
-            _rewrite_config(fx["ckpt"], target, edit)
+            _rewrite_config(fx[source], target, edit)
     return setup
 
 
@@ -204,6 +204,9 @@ CASES = [
                                          "--out", "{out}/run"], r"none\.safetensors"),
     Case("finetune-pretrained-is-a-classifier", ["finetune", "--pretrained", "{ckpt}", "--sigma", "0.25", "--out",
                                                  "{out}/run"], r"not a pre-trained rRCM encoder"),
+    Case("finetune-class-names-differ", ["finetune", "--pretrained", "{in}/enc.safetensors", "--sigma", "0.25",
+                                         "--epochs", "1", "--out", "{out}/run"], r"trained on classes a, b, c",
+         _ckpt_variant("enc.safetensors", raw=_set("data.classes", list("abcdefghij")), source="enc")),
     Case("finetune-layer-decay-2", ["finetune", "--layer-decay", "2", "--sigma", "0.25", "--out", "{out}/run"],
          r"layer decay"),
     # -- pretrain -----------------------------------------------------------------------------------
@@ -311,3 +314,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, fixture_paths, tm
     assert lines[0].startswith("rrcm: error: "), lines[0]
     assert re.search(pattern, lines[0]), lines[0]
     assert snapshot(workspace) == before
+
+
+def test_ignore_class_names_certifies_what_the_check_refuses(fixture_paths, tmp_path, capsys):
+    renamed = _rewrite_config(fixture_paths["ckpt"], tmp_path / "renamed.safetensors",
+                              _set("data.classes", [f"c{i}" for i in range(10)]))
+    argv = ["certify", "--checkpoint", str(renamed), "--n0", "10", "--n", "100", "--skip", "100", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "refused.tsv")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "log.tsv"), "--ignore-class-names"]) == 0
+    assert len((tmp_path / "log.tsv").read_text().splitlines()) == 1 + 5
