@@ -8,7 +8,9 @@ global batch:
               projector(encoder(view 2)); with `symmetric`, the swapped pair is added as well.
 One grid index i per step for the whole global batch; the number of grid points follows the
 21 → 41 → 81 curriculum. All randomness of a step comes from generators seeded by (seed, step, rank),
-so a resumed run follows the uninterrupted one exactly.
+so a resumed run follows the uninterrupted one exactly. The running sums of the current metrics window
+travel in the training state too, so a resumed run writes the same metrics.csv (all but `seconds`, the
+wall-clock time spent training in the window) even when --checkpoint-every is not a multiple of --log-every.
 
 Outputs in `out_dir`: config.json, metrics.csv, train_state.safetensors (resume) and
 encoder.safetensors (the pre-trained encoder with its config; the projector is dropped).
@@ -44,6 +46,11 @@ from .outputs import CONFIG_FILE, check_resumable, write_metrics
 ENCODER_FILE = "encoder.safetensors"
 STATE_FILE = "train_state.safetensors"
 METRIC_COLUMNS = ("step", "num_points", "lr", "ema", "loss", "trajectory", "instance", "seconds")
+
+
+def _empty_window() -> dict[str, Any]:
+    """Running sums of one metrics row; `seconds` counts training time only (not the time before a resume)."""
+    return {"loss": 0.0, "trajectory": 0.0, "instance": 0.0, "count": 0, "seconds": 0.0}
 
 
 @dataclass
@@ -230,7 +237,10 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    window = {"loss": 0.0, "trajectory": 0.0, "instance": 0.0, "count": 0, "t0": time.perf_counter()}
+    # a state written before the window was saved resumes with an empty one (its first row then averages
+    # only the steps after the resume)
+    window = {**_empty_window(), **state.get("window", {})}
+    t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
     while step < cfg.steps:
@@ -273,13 +283,15 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
             metric_rows.append({"step": step, "num_points": num_points, "lr": lr, "ema": momentum,
                                 "loss": window["loss"] / n, "trajectory": window["trajectory"] / n,
                                 "instance": window["instance"] / n,
-                                "seconds": round(time.perf_counter() - window["t0"], 3)})
+                                "seconds": round(window["seconds"] + time.perf_counter() - t0, 3)})
             bar.set_postfix_str(f"loss {metric_rows[-1]['loss']:.3f}")
-            window = {"loss": 0.0, "trajectory": 0.0, "instance": 0.0, "count": 0, "t0": time.perf_counter()}
+            window, t0 = _empty_window(), time.perf_counter()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after_step:
             if ctx.is_main:
+                saved_window = {**window, "seconds": window["seconds"] + time.perf_counter() - t0}
                 save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scaler": scaler.state_dict(), "step": step, "metrics": metric_rows})
+                                        "scaler": scaler.state_dict(), "step": step, "metrics": metric_rows,
+                                        "window": saved_window})
                 write_metrics(out_dir, metric_rows, METRIC_COLUMNS)
         if step == stop_after_step and step < cfg.steps:
             bar.close()
