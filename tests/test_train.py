@@ -144,15 +144,11 @@ def test_training_state_round_trip(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_process_training_runs_and_checkpoints(tmp_path, cli_env):
-    import subprocess
-    import sys
+    from tests.helpers.torchrun import torchrun
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "rrcm",
-           "train", "--data", "digits", "--arch", "lenet5", "--sigma", "0.25", "--epochs", "2", "--batch-size", "64",
-           "--device", "cpu", "--out", str(out), "--quiet"]
-    result = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    torchrun(["-m", "rrcm", "train", "--data", "digits", "--arch", "lenet5", "--sigma", "0.25", "--epochs", "2",
+              "--batch-size", "64", "--device", "cpu", "--out", str(out), "--quiet"], tmp_path / "logs", env=cli_env)
     model, config = load_checkpoint(out / "model.safetensors")
     assert config["epochs_trained"] == 2
     with open(out / "metrics.csv") as f:
