@@ -31,3 +31,15 @@ def cli_env() -> dict:
     """Environment for running `python -m rrcm` in a subprocess: one thread each, no re-exec."""
     env = dict(os.environ, OMP_NUM_THREADS="1", RRCM_NO_REEXEC="1", PYTHONUNBUFFERED="1")
     return env
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (and back afterwards): float32 results that depend on how a
+    kernel splits its work are then the same from run to run on one machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

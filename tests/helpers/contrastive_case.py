@@ -10,7 +10,9 @@ from rrcm.train.pretrain import ContrastiveDenoiser
 GLOBAL_BATCH = 8
 
 
-def build_case(distributed: bool):
+def build_case(distributed: bool, dtype: torch.dtype = torch.float32):
+    """The model and the global batch; with `dtype=torch.float64`, the same weights and inputs (drawn in
+    float32, then converted exactly) for a float64 reference of the same step."""
     torch.manual_seed(0)
     cfg = model_config("rrcm_vit", num_classes=10, in_channels=1, image_size=8, mean=[0.5], std=[0.5],
                        width=32, depth=2, heads=2, patch_size=4)
@@ -21,7 +23,8 @@ def build_case(distributed: bool):
     shape = (GLOBAL_BATCH, 1, 8, 8)
     batch = {name: torch.rand(shape, generator=g) * 2 - 1 for name in ("x", "view1", "view2")}
     batch.update({name: torch.randn(shape, generator=g) for name in ("eps", "eps1", "eps2")})
-    return model, batch, (1.5, 1.2)
+    model.to(dtype)
+    return model, {k: v.to(dtype) for k, v in batch.items()}, (1.5, 1.2)
 
 
 def loss_and_grads(runner, model, batch, sigmas, average=False):

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from tests.helpers.contrastive_case import build_case, loss_and_grads
 
 out = sys.argv[1]
+torch.set_num_threads(1)  # as the single-process side of the test
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 model, batch, sigmas = build_case(distributed=True)
