@@ -73,6 +73,13 @@ def test_training_learns_and_resume_follows_the_same_curve(tmp_path):
             return [(r["epoch"], r["loss"], r["noisy_train_accuracy"]) for r in csv.DictReader(f)]
 
     assert curve(tmp_path / "a" / "metrics.csv") == curve(tmp_path / "b" / "metrics.csv")
+
+    def rows_but_time(path):  # `seconds` is wall-clock time; every other column must be reproduced
+        with open(path) as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    assert rows_but_time(tmp_path / "a" / "metrics.csv") == rows_but_time(tmp_path / "b" / "metrics.csv")
+    assert (tmp_path / "a" / "config.json").read_bytes() == (tmp_path / "b" / "config.json").read_bytes()
     losses = [float(row[1]) for row in curve(tmp_path / "a" / "metrics.csv")]
     assert losses[-1] < losses[0]
     assert float(curve(tmp_path / "a" / "metrics.csv")[-1][2]) > 0.3  # well above chance (0.1)
