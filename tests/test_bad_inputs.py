@@ -162,6 +162,8 @@ CASES = [
     certify("--device", "tpu", pattern=r"unknown device 'tpu'", id="certify-device-tpu"),
     certify("--skip", "0", pattern=r"--skip must be at least 1", id="certify-skip-0"),
     certify("--n0", "0", pattern=r"n0", id="certify-n0-0"),
+    certify("--max-index", "0", pattern=r"--max-index must be a positive index bound or -1", id="certify-max-index-0"),
+    certify("--max-index", "-5", pattern=r"--max-index must be", id="certify-max-index-negative"),
     certify("--sigma", "nan", pattern=r"sigma must be a positive", id="certify-sigma-nan"),
     certify("--data-root", "{in}/nothing-here", "--data", "cifar10", pattern=r"nothing-here",
             id="certify-data-root-missing"),

@@ -74,12 +74,15 @@ def test_certify_nan_model(nan_checkpoint, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_certify_dry_run_writes_nothing(tiny_checkpoint, tmp_path, capsys):
-    code, out, _ = run_cli(["certify", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "l", "--skip", "10",
+@pytest.mark.parametrize("extra,examples", [([], 500), (["--skip", "10"], 50), (["--max-index", "10"], 10),
+                                            (["--skip", "3", "--max-index", "10"], 4)])
+def test_certify_dry_run_counts_what_the_run_will_certify_and_writes_nothing(extra, examples, tiny_checkpoint,
+                                                                               tmp_path, capsys):
+    code, out, _ = run_cli(["certify", "--checkpoint", tiny_checkpoint, "--out", tmp_path / "l", *extra,
                             "--dry-run"], capsys)
     assert code == 0
     resolved = json.loads(out)
-    assert resolved["settings"]["sigma"] == 0.5 and resolved["examples"] == 50
+    assert resolved["settings"]["sigma"] == 0.5 and resolved["examples"] == examples
     assert list(tmp_path.iterdir()) == []
 
 

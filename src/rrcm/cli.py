@@ -287,7 +287,7 @@ def run_certify(args) -> int:
     from .compatibility import check_checkpoint_matches_data, check_class_names, recorded_class_names
     from .data import load_dataset
     from .distributed import init_distributed, shutdown
-    from .smoothing.runner import CertifySettings, certify_dataset
+    from .smoothing.runner import CertifySettings, certify_dataset, select_indices
 
     ckpt_config = read_checkpoint_config(args.checkpoint)
     if ckpt_config.get("kind") == "rrcm_encoder":
@@ -326,7 +326,8 @@ def run_certify(args) -> int:
         from dataclasses import asdict
 
         print(json.dumps({"settings": asdict(settings), "checkpoint": args.checkpoint, "data": dataset.info.to_dict(),
-                          "split": args.split, "examples": len(range(0, len(dataset), settings.skip))},
+                          "split": args.split,
+                          "examples": len(select_indices(len(dataset), settings.skip, settings.max_index))},
                          indent=2, sort_keys=True))
         return 0
     ctx = init_distributed(args.device)

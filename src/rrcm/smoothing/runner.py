@@ -54,6 +54,8 @@ class CertifySettings:
             raise UserError(f"batch size must be at least 1, got {self.batch_size}")
         if self.skip < 1:
             raise UserError(f"--skip must be at least 1, got {self.skip}")
+        if self.max_index == 0 or self.max_index < -1:
+            raise UserError(f"--max-index must be a positive index bound or -1 (no bound), got {self.max_index}")
 
 
 # Settings that change the log's numbers; a resumed run must agree on all of them.
