@@ -195,3 +195,134 @@ def test_bf16_and_channels_last_paths_run():
     smooth = Smooth(model, 10, 0.25, precision="bf16", channels_last=True)
     pred, radius = smooth.certify(torch.rand(3, 8, 8), 10, 100, 0.001, 64, idx=0)
     assert pred in range(-1, 10) and radius >= 0
+
+
+class DropoutNet(torch.nn.Module):
+    """A classifier whose outputs depend on its mode: dropout (training) and batch norm (which
+    updates its running statistics in training mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32),
+                                            torch.nn.ReLU(), torch.nn.Dropout(0.5))
+        self.head = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_base_classifier_runs_in_eval_mode_and_gets_its_modes_back():
+    torch.manual_seed(0)
+    model = DropoutNet()
+    x = torch.rand(1, 4, 4)
+    reference_model = DropoutNet()
+    reference_model.load_state_dict(model.state_dict())
+    reference_model.eval()
+    reference = Smooth(reference_model, 5, 0.5, seed=2)
+    expected_counts = reference.sample_counts(x, 500, 100, idx=0, stage=ESTIMATION)
+    expected_cert = reference.certify_with_details(x, 20, 500, 0.01, 100, idx=1)
+    expected_pred = reference.predict(x, 500, 0.01, 100, idx=2)
+
+    model.train()
+    model.head.eval()  # a caller's mixed modes come back exactly as they were
+    running_mean = model.features[2].running_mean.clone()
+    smooth = Smooth(model, 5, 0.5, seed=2)
+    assert torch.equal(smooth.sample_counts(x, 500, 100, idx=0, stage=ESTIMATION), expected_counts)
+    assert smooth.certify_with_details(x, 20, 500, 0.01, 100, idx=1) == expected_cert
+    assert smooth.predict(x, 500, 0.01, 100, idx=2) == expected_pred
+    assert smooth.certify(x, 20, 500, 0.01, 100, idx=1) == (expected_cert.prediction, expected_cert.radius)
+    assert model.training and model.features.training and model.features[4].training
+    assert not model.head.training
+    assert torch.equal(model.features[2].running_mean, running_mean)  # batch norm statistics untouched
+
+
+def test_modes_are_restored_when_the_model_fails():
+    class Failing(DropoutNet):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    model = Failing().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        Smooth(model, 5, 0.5).certify(torch.rand(1, 4, 4), 10, 100, 0.01, 50, idx=0)
+    assert all(m.training for m in model.modules())
+
+
+def _smooth_for_arguments():
+    torch.manual_seed(0)
+    return Smooth(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval(), 2, 0.5)
+
+
+GOOD_X = torch.zeros(1, 2, 2)
+# (method, arguments, message): every one must raise ValueError (and UserError, which the CLI catches)
+BAD_ARGUMENTS = [
+    ("certify", dict(n0=0), r"n0 must be at least 1"),
+    ("certify", dict(n0=-5), r"n0 must be at least 1"),
+    ("certify", dict(n=0, n0=0), r"n0 must be at least 1"),
+    ("certify", dict(n=0), r"n must be at least 1"),
+    ("certify", dict(n0=101, n=100), r"n0 \(101\) is larger than n \(100\)"),
+    ("certify", dict(n0=2.5), r"n0 must be an integer"),
+    ("certify", dict(alpha=0.0), r"alpha must be in \(0, 1\)"),
+    ("certify", dict(alpha=1.0), r"alpha must be in \(0, 1\)"),
+    ("certify", dict(alpha=-0.1), r"alpha must be in \(0, 1\)"),
+    ("certify", dict(alpha=float("nan")), r"alpha must be in \(0, 1\)"),
+    ("certify", dict(batch_size=0), r"batch_size must be at least 1"),
+    ("certify", dict(x=torch.zeros(2, 2)), r"shape \(C, H, W\), got shape \(2, 2\)"),
+    ("certify", dict(x=torch.zeros(3, 1, 2, 2)), r"shape \(C, H, W\), got shape \(3, 1, 2, 2\)"),
+    ("certify", dict(x=torch.zeros(1, 2, 2, dtype=torch.uint8)), r"floating-point.*uint8"),
+    ("certify", dict(x=torch.full((1, 2, 2), float("nan"))), r"NaN or infinite pixels"),
+    ("certify", dict(x=torch.tensor([[[0.0, float("inf")], [0.0, 0.0]]])), r"NaN or infinite pixels"),
+    ("certify", dict(x=[[[0.0]]]), r"torch.Tensor"),
+    ("predict", dict(n=0), r"n must be at least 1"),
+    ("predict", dict(alpha=1.5), r"alpha must be in \(0, 1\)"),
+    ("predict", dict(batch_size=0), r"batch_size must be at least 1"),
+    ("predict", dict(x=torch.zeros(5, 1, 2, 2)), r"shape \(C, H, W\)"),
+    ("predict", dict(x=torch.zeros(1, 2, 2, dtype=torch.int64)), r"floating-point"),
+    ("predict", dict(x=torch.full((1, 2, 2), float("-inf"))), r"NaN or infinite pixels"),
+    ("certify_with_details", dict(n0=0), r"n0 must be at least 1"),
+    ("certify_with_details", dict(n0=11, n=10), r"n0 \(11\) is larger than n \(10\)"),
+    ("certify_with_details", dict(alpha=2), r"alpha must be in \(0, 1\)"),
+    ("certify_with_details", dict(batch_size=-1), r"batch_size must be at least 1"),
+    ("certify_with_details", dict(x=torch.zeros(2, 2)), r"shape \(C, H, W\)"),
+    ("certify_with_details", dict(x=torch.zeros(1, 2, 2, dtype=torch.bool)), r"floating-point"),
+    ("certify_with_details", dict(x=torch.full((1, 2, 2), float("nan"))), r"NaN or infinite pixels"),
+]
+
+
+@pytest.mark.parametrize("method,changes,message", BAD_ARGUMENTS,
+                         ids=[f"{m}-{'-'.join(c)}-{i}" for i, (m, c, _) in enumerate(BAD_ARGUMENTS)])
+def test_invalid_arguments_raise_a_clear_value_error(method, changes, message):
+    from rrcm.smoothing.smooth import InvalidArgument
+
+    smooth = _smooth_for_arguments()
+    args = {"x": GOOD_X, "n0": 10, "n": 100, "alpha": 0.01, "batch_size": 50, **changes}
+    if method == "predict":
+        args.pop("n0")
+    with pytest.raises(ValueError, match=message) as caught:
+        getattr(smooth, method)(**args, idx=0)
+    assert isinstance(caught.value, UserError) and isinstance(caught.value, InvalidArgument)
+    assert "\n" not in str(caught.value)
+
+
+def test_valid_arguments_of_other_integer_types_are_accepted():
+    smooth = _smooth_for_arguments()
+    pred, radius = smooth.certify(GOOD_X, np.int64(10), np.int64(100), 0.01, np.int32(50), idx=0)
+    assert pred in (-1, 0, 1) and radius >= 0
+    assert smooth.certify_with_details(GOOD_X, 100, 100, 0.01, 1, idx=0).selected in (0, 1)  # n0 == n is fine
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(sigma=0), "sigma"), (dict(sigma=float("nan")), "sigma"),
+                                            (dict(sigma=float("inf")), "sigma"), (dict(sigma="big"), "sigma"),
+                                            (dict(sigma=0.5, precision="fp8"), "precision")])
+def test_invalid_constructor_arguments_raise_value_error(kwargs, message):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=message):
+        Smooth(model, 2, **kwargs)
+
+
+def test_sample_counts_refuses_a_batch_size_that_would_never_finish():
+    smooth = _smooth_for_arguments()
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        smooth.sample_counts(GOOD_X, 10, 0, idx=0, stage=ESTIMATION)
+    with pytest.raises(ValueError, match="floating-point"):
+        smooth.sample_counts(torch.zeros(1, 2, 2, dtype=torch.uint8), 10, 5, idx=0, stage=ESTIMATION)
+    assert int(smooth.sample_counts(GOOD_X, 0, 5, idx=0, stage=ESTIMATION).sum()) == 0

@@ -7,12 +7,18 @@ Same contract as Cohen et al.'s `core.Smooth`, so existing code switches by chan
 Differences that keep it sound and fast: σ is noise on [0, 1] pixels and is added before the model
 (which normalises inside itself); selection, estimation and prediction draw from separate per-example
 noise streams; counting happens on the device; statistics are in float64.
+
+The base classifier is run in eval mode (dropout off, batch norm on its running statistics) whatever
+mode the caller left it in, and each of its modules gets its own mode back afterwards. Invalid
+arguments raise `InvalidArgument`, which is both a `ValueError` and rrcm's `UserError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +28,46 @@ from . import stats
 from .noise import ESTIMATION, PREDICTION, SELECTION, NoiseStream
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class InvalidArgument(UserError, ValueError):
+    """An invalid argument to `Smooth`: a `ValueError` for Python callers, a one-line `UserError` for the CLI."""
+
+
+def _count(name: str, value, minimum: int) -> int:
+    """`value` as an int of at least `minimum`, or InvalidArgument naming `name`."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InvalidArgument(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise InvalidArgument(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _check_alpha(alpha) -> float:
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"alpha must be a number in (0, 1), got {alpha!r}") from None
+    if not 0.0 < value < 1.0:
+        raise InvalidArgument(f"alpha must be in (0, 1), got {alpha!r}; the usual value is 0.001")
+    return value
+
+
+def _check_image(x, *, finite: bool = True) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgument(f"x must be a torch.Tensor of shape (C, H, W), got {type(x).__name__}")
+    if x.dim() != 3:
+        raise InvalidArgument(f"Smooth expects one image of shape (C, H, W), got shape {tuple(x.shape)}; "
+                              "certify a batch one image at a time")
+    if not x.is_floating_point():
+        raise InvalidArgument(f"x must be a floating-point image with pixels in [0, 1], got dtype {x.dtype}; "
+                              "convert it, e.g. x.float() / 255 for uint8 pixels")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise InvalidArgument("x contains NaN or infinite pixels")
 
 
 @dataclass(frozen=True)
@@ -42,10 +88,15 @@ class Smooth:
 
     def __init__(self, base_classifier: torch.nn.Module, num_classes: int, sigma: float, *, seed: int = 0,
                  precision: str = "fp32", channels_last: bool = False):
-        if not (sigma > 0):
-            raise UserError(f"sigma must be positive, got {sigma}")
+        try:
+            sigma_value = float(sigma)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"sigma must be a positive number, got {sigma!r}") from None
+        if not (sigma_value > 0 and math.isfinite(sigma_value)):
+            raise InvalidArgument(f"sigma must be a positive number, got {sigma}")
         if precision not in PRECISIONS:
-            raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise InvalidArgument(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)} "
+                                  "(rrcm.smoothing.precision.choose_precision picks one for a machine)")
         self.base_classifier = base_classifier
         self.num_classes = int(num_classes)
         self.sigma = float(sigma)
@@ -64,6 +115,10 @@ class Smooth:
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, *, idx: int | None = None) -> int:
         """Cohen's PREDICT: the top class if a binomial test separates it from the runner-up, else −1."""
+        _check_image(x)
+        n = _count("n", n, 1)
+        alpha = _check_alpha(alpha)
+        batch_size = _count("batch_size", batch_size, 1)
         idx = self._resolve_idx(idx)
         counts = self.sample_counts(x, n, batch_size, idx=idx, stage=PREDICTION).cpu()
         top2 = torch.topk(counts, k=min(2, self.num_classes))
@@ -76,6 +131,15 @@ class Smooth:
     # -- details ----------------------------------------------------------------------------------
     def certify_with_details(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, *,
                              idx: int | None = None) -> Certificate:
+        """CERTIFY with everything it decided (see `Certificate`)."""
+        _check_image(x)
+        n0 = _count("n0", n0, 1)
+        n = _count("n", n, 1)
+        if n0 > n:
+            raise InvalidArgument(f"n0 ({n0}) is larger than n ({n}): selection should use fewer samples than "
+                                  "estimation, e.g. n0 = 100, n = 100000")
+        alpha = _check_alpha(alpha)
+        batch_size = _count("batch_size", batch_size, 1)
         idx = self._resolve_idx(idx)
         # Selection and estimation use separate noise streams: the class is chosen before, and
         # independently of, the samples that test it.
@@ -91,9 +155,27 @@ class Smooth:
 
     @torch.no_grad()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, idx: int, stage: int) -> torch.Tensor:
-        """Class counts of f(x + δ) over `num` noise draws, as an int64 tensor on x's device."""
-        if x.dim() != 3:
-            raise UserError(f"Smooth expects one image of shape (C, H, W), got shape {tuple(x.shape)}")
+        """Class counts of f(x + δ) over `num` noise draws, as an int64 tensor on x's device.
+
+        The base classifier runs in eval mode; every module's own mode is restored afterwards.
+        """
+        _check_image(x, finite=False)  # the public methods check finiteness once per input
+        num = _count("num", num, 0)
+        batch_size = _count("batch_size", batch_size, 1)
+        with self._eval_mode():
+            return self._sample_counts(x, num, batch_size, idx=idx, stage=stage)
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        modes = [(module, module.training) for module in self.base_classifier.modules()]
+        self.base_classifier.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def _sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, idx: int, stage: int) -> torch.Tensor:
         device = x.device
         stream = NoiseStream(tuple(x.shape), device, self.seed, idx, stage)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
