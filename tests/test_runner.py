@@ -92,10 +92,21 @@ def test_resume_after_interruption_gives_the_same_log(model_and_data, reference_
     assert path.read_text() == before
 
 
+class Float64Linear(torch.nn.Module):
+    """A linear classifier computed in float64: how examples are batched cannot flip an argmax (float32
+    kernels may sum in another order for another batch size)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10).double()
+
+    def forward(self, x):
+        return self.linear(x.flatten(1).double())
+
+
 def test_log_does_not_depend_on_batch_size(tmp_path):
-    # A linear model: its per-example outputs do not depend on how examples are batched.
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    model = Float64Linear().eval()
     data = load_dataset("digits", "test")
     logs = []
     for batch_size in (300, 64, 7):
@@ -105,15 +116,95 @@ def test_log_does_not_depend_on_batch_size(tmp_path):
     assert logs[0] == logs[1] == logs[2]
 
 
-def test_resume_with_other_settings_is_refused(model_and_data, tmp_path, tiny_checkpoint):
+# Every setting that changes a number in the log, with another value for it.
+CHANGED_SETTINGS = [("sigma", 0.25), ("n0", 30), ("n", 400), ("alpha", 0.01), ("seed", 6), ("skip", 50),
+                    ("max_index", 300), ("precision", "bf16")]
+
+
+def test_every_result_setting_is_checked_on_resume():
+    from rrcm.smoothing.runner import RESULT_KEYS
+
+    assert {key for key, _ in CHANGED_SETTINGS} == set(RESULT_KEYS)
+
+
+@pytest.mark.parametrize("key,value", CHANGED_SETTINGS, ids=[key for key, _ in CHANGED_SETTINGS])
+@pytest.mark.parametrize("interrupted", [True, False], ids=["after-interruption", "after-completion"])
+def test_resume_with_other_settings_is_refused(key, value, interrupted, model_and_data, reference_log, tmp_path,
+                                               tiny_checkpoint):
+    model, data = model_and_data
+    path = tmp_path / "log.tsv"
+    if interrupted:
+        with pytest.raises(KeyboardInterrupt):
+            certify_dataset(model, Interrupting(data, 3), SETTINGS, path, ctx=CPU, checkpoint_path=tiny_checkpoint,
+                            progress=False)
+    else:
+        for suffix in ("", ".json"):
+            Path(f"{path}{suffix}").write_bytes(Path(f"{reference_log}{suffix}").read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    other = CertifySettings(**{**SETTINGS.__dict__, key: value})
+    with pytest.raises(UserError, match=f"different {key}"):
+        certify_dataset(model, data, other, path, ctx=CPU, checkpoint_path=tiny_checkpoint, progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_resume_with_another_checkpoint_or_data_is_refused(model_and_data, reference_log, tmp_path,
+                                                           tiny_checkpoint):
     model, data = model_and_data
     path = tmp_path / "log.tsv"
     with pytest.raises(KeyboardInterrupt):
         certify_dataset(model, Interrupting(data, 3), SETTINGS, path, ctx=CPU, checkpoint_path=tiny_checkpoint,
                         progress=False)
-    other = CertifySettings(**{**SETTINGS.__dict__, "n": 400})
-    with pytest.raises(UserError, match="different n"):
-        certify_dataset(model, data, other, path, ctx=CPU, checkpoint_path=tiny_checkpoint, progress=False)
+    other_checkpoint = tmp_path / "other.safetensors"
+    other_checkpoint.write_bytes(tiny_checkpoint.read_bytes() + b"")  # same bytes: accepted
+    certify_dataset(model, data, SETTINGS, path, ctx=CPU, checkpoint_path=other_checkpoint, progress=False)
+    assert log_rows(path) == log_rows(reference_log)
+    # now a different checkpoint (other bytes) and other data against the finished log
+    changed = tmp_path / "changed.safetensors"
+    blob = bytearray(tiny_checkpoint.read_bytes())
+    blob[-1] ^= 1
+    changed.write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="different checkpoint"):
+        certify_dataset(model, data, SETTINGS, path, ctx=CPU, checkpoint_path=changed, progress=False)
+    train = load_dataset("digits", "train")
+    with pytest.raises(UserError, match="different data"):
+        certify_dataset(model, train, SETTINGS, path, ctx=CPU, checkpoint_path=other_checkpoint,
+                        data_source={"split": "train"}, progress=False)
+
+
+def test_log_agrees_with_an_independent_recomputation_from_its_own_columns(reference_log):
+    """Each row's decision, recomputed from nA, n, alpha and sigma alone (scipy, not rrcm's stats)."""
+    from scipy.optimize import brentq
+    from scipy.stats import binom, norm
+
+    data = load_dataset("digits", "test")
+    lines = reference_log.read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    assert [int(r["idx"]) for r in rows] == select_indices(len(data), SETTINGS.skip, SETTINGS.max_index)
+    decisions = set()
+    for row in rows:
+        idx, n_a, n = int(row["idx"]), int(row["nA"]), int(row["n"])
+        alpha, sigma = float(row["alpha"]), float(row["sigma"])
+        assert (n, int(row["n0"]), alpha, sigma, int(row["seed"])) == (SETTINGS.n, SETTINGS.n0, SETTINGS.alpha,
+                                                                        SETTINGS.sigma, SETTINGS.seed)
+        assert int(row["label"]) == data[idx][1]
+        if n_a == 0:
+            lower = 0.0
+        elif n_a == n:
+            lower = alpha ** (1 / n)
+        else:
+            lower = brentq(lambda p: binom.sf(n_a - 1, n, p) - alpha, 1e-15, 1 - 1e-15, xtol=1e-15, rtol=1e-15)
+        assert float(row["pA_lower"]) == pytest.approx(lower, rel=1e-9, abs=1e-15)
+        predict, radius = int(row["predict"]), float(row["radius"])
+        if lower < 0.5:
+            assert (predict, radius) == (-1, 0.0)
+            decisions.add("abstain")
+        else:
+            assert predict == int(row["cA"])
+            assert radius == pytest.approx(sigma * norm.ppf(lower), rel=1e-9)
+            decisions.add("certify")
+        assert int(row["correct"]) == int(predict == int(row["label"]))
+    assert decisions == {"abstain", "certify"}  # the log exercises both branches
 
 
 @pytest.mark.slow
