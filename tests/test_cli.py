@@ -117,8 +117,10 @@ def test_report_bad_logs(tmp_path, capsys):
     bad.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\tx\t0.5\t1\t0:00:01\n")
     code, _, err = run_cli(["report", bad], capsys)
     assert_one_line_error(code, err, r"bad.tsv:2: column .predict.")
-    code, _, err = run_cli(["report", bad, "--radii", "a,b"], capsys)
-    assert code == 2
+    good = tmp_path / "good.tsv"
+    good.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0:00:01\n")
+    code, _, err = run_cli(["report", good, "--radii", "a,b"], capsys)
+    assert_one_line_error(code, err, r"--radii must be comma-separated numbers, got 'a,b'")
 
 
 def test_report_on_published_logs(shared_dir, tmp_path, capsys):
@@ -128,7 +130,15 @@ def test_report_on_published_logs(shared_dir, tmp_path, capsys):
     assert code == 0
     table = json.loads(out[: out.rindex("}") + 1])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert table
+    rows = {row["label"]: row for row in table["rows"]}
+    for log in logs:
+        # certified accuracy at radius r, from the raw file: correct and radius >= r, over all rows
+        lines = [line.split("\t") for line in log.read_text().splitlines()[1:]]
+        row = rows[f"cohen/{log.name}"]
+        assert row["n_examples"] == len(lines)
+        for radius, accuracy in row["certified_accuracy"].items():
+            expected = sum(int(f[4]) == 1 and float(f[3]) >= float(radius) for f in lines) / len(lines)
+            assert accuracy == pytest.approx(expected, abs=1e-12), (log.name, radius)
 
 
 def test_report_envelope_groups_and_every(shared_dir, tmp_path, capsys):

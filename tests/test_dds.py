@@ -231,7 +231,19 @@ def test_dds_checkpoint_certifies_with_the_standard_runner(dds_checkpoint, tmp_p
     rows = read_log(log)
     assert list(rows.idx) == [0, 1, 2, 3]
     assert rows.sigma == 0.25  # σ came from the checkpoint
-    assert ((rows.predict >= -1) & (rows.predict < 10)).all()
+    # the same certificates as Smooth gives the assembled model directly, example by example
+    from rrcm.checkpoint import load_checkpoint
+    from rrcm.data import load_dataset
+    from rrcm.smoothing import Smooth
+
+    model, config = load_checkpoint(dds_checkpoint)
+    smoothed = Smooth(model, 10, config["sigma"], seed=0)
+    data = load_dataset("digits", "test")
+    for k, i in enumerate(rows.idx):
+        cert = smoothed.certify_with_details(data[int(i)][0], 10, 50, 0.001, 60, idx=int(i))
+        assert (int(rows.predict[k]), int(rows.extras["cA"][k]), int(rows.extras["nA"][k])) == \
+            (cert.prediction, cert.selected, cert.count_selected)
+        assert float(rows.radius[k]) == cert.radius
 
 
 def test_train_denoiser_resumes_exactly_and_its_loss_falls(denoiser_run, tmp_path):

@@ -6,6 +6,34 @@ from rrcm.certlog import read_log
 from rrcm.cli import main
 
 
+def check_table_numbers_against_logs(table: str, root, plan) -> None:
+    """Every number of every run's row, recomputed from its log (as printed: 1 or 3 decimals)."""
+    import numpy as np
+
+    logs = {run["label"]: read_log(root / run["folder"].split("/")[-1] / "certify.tsv") for run in plan["runs"]}
+    checked = set()
+    for block in table.split("\n\n"):
+        lines = [line for line in block.splitlines() if line.strip()]
+        header_at = next(i for i, line in enumerate(lines) if line.startswith("label"))
+        columns = lines[header_at].split()
+        for line in lines[header_at + 2 :]:
+            label = next((name for name in logs if line.startswith(name + " ")), None)
+            if label is None:
+                continue
+            log, cells = logs[label], line[len(label):].split()
+            values = dict(zip(columns[1:], cells))
+            correct = log.correct == 1
+            assert float(values["clean%"]) == round(100 * correct.mean(), 1)
+            assert float(values["abstain%"]) == round(100 * (log.predict == -1).mean(), 1)
+            assert abs(float(values["ACR"]) - (log.radius * correct).mean()) <= 5e-4
+            for column, cell in values.items():
+                if column.startswith("r="):
+                    radius = float(column[2:])
+                    assert float(cell) == round(100 * (correct & (log.radius >= radius)).mean(), 1), (label, column)
+            checked.add(label)
+    assert checked == set(logs)  # every run has its row
+
+
 def test_quick_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
@@ -18,6 +46,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert (log.extras["n"] == 200).all()
     table = (tmp_path / "report.txt").read_text()
     assert "envelope" in table and "rRCM" in table and "Gaussian" in table and table.strip() in out
+    check_table_numbers_against_logs(table, tmp_path, plan)
     assert (tmp_path / "certified_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     # running it again resumes: nothing is trained or certified twice
     assert main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"]) == 0

@@ -96,6 +96,26 @@ def test_finetuned_checkpoint_certifies_with_nothing_else(finetuned, tmp_path, c
                  "--out", str(log), "--quiet"]) == 0
     settings = json.loads((tmp_path / "log.tsv.json").read_text())["settings"]
     assert settings["sigma"] == 0.5 and len(log.read_text().splitlines()) == 1 + 5
+    # the log holds what Smooth certifies with the checkpoint's own model: the conditioning travels with it
+    from rrcm.certlog import read_log
+    from rrcm.checkpoint import load_checkpoint
+    from rrcm.data import load_dataset
+    from rrcm.smoothing import Smooth
+
+    model, config = load_checkpoint(checkpoint)
+    assert config["model"]["condition_sigma"] == config["conditioning"]["sigma_condition"]
+    smoothed = Smooth(model, 10, 0.5, seed=0)
+    data = load_dataset("digits", "test")
+    rows = read_log(log)
+    for k, i in enumerate(rows.idx):
+        cert = smoothed.certify_with_details(data[int(i)][0], 10, 100, 0.001, 1000, idx=int(i))
+        assert (int(rows.predict[k]), int(rows.extras["nA"][k])) == (cert.prediction, cert.count_selected)
+    # the recorded conditioning is really used: told another noise level, the model gives other logits
+    x = torch.stack([data[i][0] for i in range(4)])
+    with torch.no_grad():
+        logits = model(x)
+        model.condition_sigma = 2 * model.condition_sigma
+        assert not torch.allclose(model(x), logits)
 
 
 def test_certify_refuses_an_encoder(finetuned, tmp_path, capsys):

@@ -164,7 +164,27 @@ def test_torchrun_two_process_training_runs_and_checkpoints(tmp_path, cli_env):
     assert all(math.isfinite(float(r["loss"])) for r in rows)
 
 
-def test_clean_method_trains_without_noise(tmp_path):
-    cfg = TrainConfig(**{**TINY, "method": "clean", "sigma": 0.0, "epochs": 1})
+@pytest.mark.parametrize("method,noise_free", [("clean", True), ("gaussian", False)])
+def test_clean_method_trains_without_noise(method, noise_free, tmp_path, monkeypatch):
+    """Every input the model sees in clean training is exactly a training image (σ is set, to show it is
+    ignored); under Gaussian augmentation none is, which shows the check can fail."""
+    import rrcm.train.loop as loop
+    from rrcm.data import load_dataset
+
+    seen = []
+
+    def build_recording_model(config):
+        model = build_model(config)
+        model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_recording_model)
+    cfg = TrainConfig(**{**TINY, "method": method, "sigma": 0.5, "epochs": 1, "augment": False})
     checkpoint = train_classifier(cfg, tmp_path, progress=False)
-    assert read_checkpoint_config(checkpoint)["method"] == "clean"
+    assert read_checkpoint_config(checkpoint)["method"] == method
+    images = load_dataset("digits", "train").batch(range(1297))[0].flatten(1)
+    known = {row.numpy().tobytes() for row in images}
+    inputs = torch.cat(seen).flatten(1)
+    assert len(inputs) >= 1297 - 64  # one epoch, the last partial batch may be dropped
+    exact = [row.numpy().tobytes() in known for row in inputs]
+    assert all(exact) if noise_free else not any(exact)
