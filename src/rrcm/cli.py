@@ -628,9 +628,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"rrcm: error: {e}", file=sys.stderr)
         return UserError.exit_code
-    except OSError as e:  # unreadable input, unwritable output, full disk...
-        print(f"rrcm: error: {e.strerror or e} ({e.filename or 'no file name'}); check the path and its permissions",
-              file=sys.stderr)
+    except OSError as e:  # unreadable input, unwritable output, full disk... (rrcm's own writes raise UserError)
+        from .fileio import describe_os_error
+
+        print(f"rrcm: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rrcm: interrupted; re-run the same command to resume", file=sys.stderr)
