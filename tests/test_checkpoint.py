@@ -92,6 +92,206 @@ def with_digest(source: Path, target: Path) -> Path:
     return rewrite(source, target, metadata=lambda m: {**m, WEIGHTS_DIGEST_KEY: digest_from_file(source)})
 
 
+# -- integrity: a SHA-256 of the weights in the metadata ------------------------------------------
+
+def test_checkpoint_records_the_documented_weights_digest(checkpoint):
+    _, head = header(checkpoint)
+    recorded = head["__metadata__"][WEIGHTS_DIGEST_KEY]
+    assert len(recorded) == 64 and recorded == digest_from_file(checkpoint)
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused_naming_the_file(checkpoint, tmp_path):
+    flipped = flip_bit(checkpoint, tmp_path / "flipped.safetensors")
+    with pytest.raises(UserError, match=r"flipped\.safetensors.*SHA-256") as info:
+        load_checkpoint(flipped)
+    assert "\n" not in str(info.value)
+    # the last byte of the data region too (another tensor)
+    last = flip_bit(checkpoint, tmp_path / "last.safetensors",
+                    offset_in_data=checkpoint.stat().st_size - 8 - header(checkpoint)[0] - 1)
+    with pytest.raises(UserError, match=r"last\.safetensors.*SHA-256"):
+        load_checkpoint(last)
+
+
+def test_a_flipped_bit_in_a_training_state_is_refused_naming_the_file(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "train_state.safetensors"
+    save_state(path, {"model": model.state_dict(), "step": 3})
+    assert header(path)[1]["__metadata__"][WEIGHTS_DIGEST_KEY] == digest_from_file(path)
+    flipped = flip_bit(path, tmp_path / "state_flipped.safetensors")
+    with pytest.raises(UserError, match=r"state_flipped\.safetensors.*SHA-256.*delete it"):
+        load_state(flipped)
+
+
+def test_the_digest_covers_every_dtype_and_shape_as_documented(tmp_path):
+    tensors = {"f32": torch.randn(2, 3), "bf16": torch.randn(4).bfloat16(), "f16": torch.randn(1, 1, 2).half(),
+               "i64": torch.arange(5), "u8": torch.ByteTensor([1, 2, 255]), "bool": torch.tensor([True, False]),
+               "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 4), "é名": torch.ones(2)}
+    save_state(tmp_path / "s.safetensors", {"tensors": tensors, "rng": torch.get_rng_state()})
+    assert header(tmp_path / "s.safetensors")[1]["__metadata__"][WEIGHTS_DIGEST_KEY] == \
+        digest_from_file(tmp_path / "s.safetensors")
+    back = load_state(tmp_path / "s.safetensors")["tensors"]
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in tensors.items())
+
+
+def test_files_without_a_digest_still_load(checkpoint, tmp_path):
+    # Written before rrcm recorded the digest: nothing to check them against, so they load as before.
+    old = rewrite(checkpoint, tmp_path / "old.safetensors",
+                  metadata=lambda m: {k: v for k, v in m.items() if k != WEIGHTS_DIGEST_KEY})
+    old_flipped = flip_bit(old, tmp_path / "old_flipped.safetensors")
+    model, config = load_checkpoint(old_flipped)
+    assert config["sigma"] == 0.5
+    original = load_file(str(old))
+    assert any(not torch.equal(v, original[k]) for k, v in model.state_dict().items())
+
+    state_path = tmp_path / "s.safetensors"
+    save_state(state_path, {"w": torch.arange(4.0), "step": 1})
+    old_state = rewrite(state_path, tmp_path / "old_state.safetensors",
+                        metadata=lambda m: {k: v for k, v in m.items() if k != WEIGHTS_DIGEST_KEY})
+    assert load_state(flip_bit(old_state, tmp_path / "old_state_flipped.safetensors"))["step"] == 1
+
+
+def test_a_malformed_digest_is_refused(checkpoint, tmp_path):
+    bad = rewrite(checkpoint, tmp_path / "bad.safetensors", metadata=lambda m: {**m, WEIGHTS_DIGEST_KEY: "xyz"})
+    with pytest.raises(UserError, match=r"bad\.safetensors.*SHA-256"):
+        load_checkpoint(bad)
+
+
+def test_the_same_weights_and_config_give_the_same_bytes(tmp_path):
+    # safetensors writes its metadata in hash-map order: with the digest beside the config, two saves of
+    # the same model would differ in their header (and a resumed run's files from an uninterrupted run's)
+    import subprocess
+    import sys
+
+    script = ("import sys, torch; from rrcm.checkpoint import save_checkpoint, save_state; "
+              "from rrcm.models import build_model, model_config; torch.manual_seed(0); "
+              "cfg = model_config('lenet5', num_classes=10, in_channels=1, image_size=8, mean=[0.3], std=[0.4]); "
+              "save_checkpoint(sys.argv[1] + '.safetensors', build_model(cfg), {'model': cfg, 'sigma': 0.5}); "
+              "save_state(sys.argv[1] + '.state', {'w': torch.arange(3.0), 'step': 1})")
+    for i in range(4):  # separate processes: each has its own hash seed
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / str(i))], check=True)
+    for suffix in (".safetensors", ".state"):
+        contents = {(tmp_path / f"{i}{suffix}").read_bytes() for i in range(4)}
+        assert len(contents) == 1, suffix
+        _, head = header(tmp_path / f"0{suffix}")
+        assert list(head["__metadata__"]) == sorted(head["__metadata__"])
+
+
+# -- strict loading: no tensor missing, none extra ------------------------------------------------
+
+def _drop_first(state):
+    return dict(list(state.items())[1:])
+
+
+def _add_extra(state):
+    return {**state, "extra.weight": torch.zeros(3)}
+
+
+@pytest.mark.parametrize("edit, words", [(_drop_first, "missing"), (_add_extra, "unexpected")],
+                         ids=["missing-tensor", "extra-tensor"])
+def test_a_checkpoint_missing_a_tensor_or_with_an_extra_one_is_refused(edit, words, checkpoint, tmp_path):
+    # without a digest (an old file), and with one that matches the edited tensors (as if written that way)
+    no_digest = rewrite(checkpoint, tmp_path / "nodigest.safetensors", tensors=edit,
+                        metadata=lambda m: {k: v for k, v in m.items() if k != WEIGHTS_DIGEST_KEY})
+    edited = with_digest(no_digest, tmp_path / "edited.safetensors")
+    for path in (edited, no_digest):
+        with pytest.raises(UserError, match=rf"(?i){path.name}.*{words}"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("edit, words", [(_drop_first, "missing"), (_add_extra, "unexpected")],
+                         ids=["missing-tensor", "extra-tensor"])
+def test_a_training_state_missing_a_tensor_or_with_an_extra_one_is_refused(edit, words, tmp_path):
+    path = tmp_path / "s.safetensors"
+    save_state(path, {"model": torch.nn.Linear(3, 2).state_dict(), "step": 3})
+    no_digest = rewrite(path, tmp_path / "nodigest.safetensors", tensors=edit)
+    edited = with_digest(no_digest, tmp_path / "edited.safetensors")
+    with pytest.raises(UserError, match=rf"edited\.safetensors.*{words}.*delete it"):
+        load_state(edited)
+
+
+# -- the config's types -------------------------------------------------------------------------
+
+def _set(dotted: str, value):
+    def edit(config):
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return edit
+
+
+BAD_CONFIGS = [
+    ("sigma", "abc"), ("sigma", [1]), ("sigma", -1), ("sigma", 0), ("sigma", math.inf), ("sigma", math.nan),
+    ("sigma", True), ("model", "x"), ("model", [1]), ("model.arch", 5), ("model.arch", "resnet9000"),
+    ("model.num_classes", "10"), ("model.image_size", 0), ("model.in_channels", 1.5), ("kind", 3),
+    ("data", "digits"), ("data.name", 5), ("data.classes", "0123456789"), ("data.classes", [0, 1]),
+    ("data.num_classes", "10"), ("data.image_size", -8), ("data.channels", True), ("data.in_channels", "1"),
+    ("data.mean", "0.5"), ("data.std", [0.2, "x"]),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_CONFIGS, ids=[f"{f}={v!r}" for f, v in BAD_CONFIGS])
+def test_a_config_field_of_the_wrong_type_is_one_line_naming_the_file_and_field(field, value, checkpoint, tmp_path):
+    def metadata(m):
+        config = json.loads(m[CONFIG_KEY])
+        config["data"] = {"name": "digits", "classes": [str(i) for i in range(10)], "num_classes": 10,
+                          "image_size": 8, "channels": 1, "mean": [0.3], "std": [0.4]}
+        _set(field, value)(config)
+        return {**m, CONFIG_KEY: json.dumps(config)}
+
+    bad = rewrite(checkpoint, tmp_path / "bad.safetensors", metadata=metadata)
+    with pytest.raises(UserError) as info:
+        read_checkpoint_config(bad)
+    message = str(info.value)
+    assert "\n" not in message and "bad.safetensors" in message and f"'{field}'" in message, message
+
+
+def test_a_model_without_arch_is_refused(checkpoint, tmp_path):
+    def metadata(m):
+        config = json.loads(m[CONFIG_KEY])
+        del config["model"]["arch"]
+        return {**m, CONFIG_KEY: json.dumps(config)}
+
+    with pytest.raises(UserError, match=r"bad\.safetensors.*'model\.arch'"):
+        read_checkpoint_config(rewrite(checkpoint, tmp_path / "bad.safetensors", metadata=metadata))
+
+
+def test_valid_configs_still_load(checkpoint, tmp_path):
+    # a clean classifier records sigma null; data may be absent (old files)
+    for name, edit in [("clean", _set("sigma", None)), ("integer-sigma", _set("sigma", 1))]:
+        def metadata(m, edit=edit):
+            config = json.loads(m[CONFIG_KEY])
+            edit(config)
+            return {**m, CONFIG_KEY: json.dumps(config)}
+
+        read_checkpoint_config(rewrite(checkpoint, tmp_path / f"{name}.safetensors", metadata=metadata))
+
+
+@pytest.mark.parametrize("field, value", [("sigma", "abc"), ("sigma", [1]), ("sigma", -1), ("model", {"arch": 5}),
+                                          ("model", "x")])
+def test_certify_with_a_bad_config_is_one_line_exit_2(field, value, checkpoint, tmp_path, capsys):
+    def metadata(m):
+        config = json.loads(m[CONFIG_KEY])
+        config[field] = value
+        return {**m, CONFIG_KEY: json.dumps(config)}
+
+    bad = rewrite(checkpoint, tmp_path / "bad.safetensors", metadata=metadata)
+    code = main(["certify", "--checkpoint", str(bad), "--n0", "10", "--n", "100", "--out", str(tmp_path / "log.tsv"),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("rrcm: error: "), err
+    assert "bad.safetensors" in err and re.search(rf"'{field}[.']", err), err
+    assert not (tmp_path / "log.tsv").exists()
+
+
+def test_denoiser_checkpoints_are_a_known_arch():
+    from rrcm.baselines.denoiser import DENOISER_ARCH
+    from rrcm.checkpoint import _known_archs
+
+    assert DENOISER_ARCH in _known_archs()
+
+
 # -- permissions: 0o666 & ~umask for every file rrcm writes -----------------------------------------
 
 @pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
