@@ -325,6 +325,67 @@ def test_a_training_run_writes_files_with_the_umask_permissions(umask, tmp_path)
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
 
 
+# -- a failed run leaves the output folder as it found it -------------------------------------------
+
+def _fail(*args, **kwargs):
+    raise UserError("the first step failed")
+
+
+def _train(out):
+    from rrcm.train.config import TrainConfig
+    from rrcm.train.loop import train_classifier
+
+    train_classifier(TrainConfig(data="digits", arch="lenet5", sigma=0.25, epochs=1, batch_size=256, device="cpu"),
+                     out, progress=False)
+
+
+def _pretrain(out):
+    from rrcm.train.pretrain import PretrainConfig, pretrain
+
+    pretrain(PretrainConfig(data="digits", arch_options={"width": 32, "depth": 1, "heads": 2, "patch_size": 4},
+                            steps=2, batch_size=16, warmup_steps=1, projector_hidden=32, projector_dim=16, blur=False,
+                            device="cpu"), out, progress=False)
+
+
+def _train_denoiser(out):
+    from rrcm.baselines.denoiser import DenoiserConfig, train_denoiser
+
+    train_denoiser(DenoiserConfig(data="digits", epochs=1, batch_size=256, device="cpu",
+                                  arch_options={"block_out_channels": [16, 32], "norm_num_groups": 8}),
+                   out, progress=False)
+
+
+RUNS = {"train": (_train, "rrcm.train.loop.gaussian_objective"),
+        "pretrain": (_pretrain, "rrcm.train.pretrain.make_batch"),
+        "train-denoiser": (_train_denoiser, "rrcm.baselines.denoiser._generator")}
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-empty-folder"])
+@pytest.mark.parametrize("run", list(RUNS))
+def test_a_run_that_fails_at_its_first_step_leaves_nothing(run, existing, tmp_path, monkeypatch):
+    start, first_step = RUNS[run]
+    monkeypatch.setattr(first_step, _fail)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    with pytest.raises(UserError, match="the first step failed"):
+        start(out)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["out"] if existing else [])
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["pretrain", "--steps", "1"],
+                                     ["train-denoiser", "--epochs", "1"]], ids=lambda c: c[0])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(command, tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    for first_step in [step for _, step in RUNS.values()]:  # no training step may run
+        monkeypatch.setattr(first_step, _fail)
+    code = main([*command, "--out", str(tmp_path / "afile" / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "cannot create folder" in err and "afile" in err and ".tmp" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 # -- OS errors: say what failed, on which path ------------------------------------------------------
 
 def test_a_write_that_fails_names_the_operation_and_the_final_path(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ from ..data import load_dataset
 from ..data.augment import random_hflip
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import write_json_atomic
+from ..fileio import check_output_folder, write_json_atomic
 from ..smoothing.noise import derive_seed
 from ..train.config import config_from_dict
 from ..train.schedule import warmup_cosine
@@ -392,8 +392,8 @@ def train_denoiser(cfg: DenoiserConfig, out_dir: str | os.PathLike, *, progress:
             print(f"{final_path} is already trained; nothing to do")
         return final_path
     check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("train", "model"), what="denoiser run")
-    if ctx.is_main:
-        write_json_atomic(out_dir / CONFIG_FILE, run_config)
+    if ctx.is_main:  # an unwritable --out is refused now; config.json comes with the first training state
+        check_output_folder(out_dir)
 
     device = ctx.device
     torch.manual_seed(derive_seed(cfg.seed, 0))  # identical initial weights on every process
@@ -474,6 +474,7 @@ def train_denoiser(cfg: DenoiserConfig, out_dir: str | os.PathLike, *, progress:
             tqdm.write(f"epoch {epoch + 1}: loss {metric_rows[-1]['loss']:.4f} ({metric_rows[-1]['seconds']:.1f}s)")
         last = epoch + 1 == cfg.epochs
         if ctx.is_main and (last or (epoch + 1) % cfg.checkpoint_every == 0 or stop_after_epoch == epoch + 1):
+            write_json_atomic(out_dir / CONFIG_FILE, run_config)  # with the first thing the run keeps
             save_state(state_path, {"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
                                     "epoch": epoch + 1, "step": step, "metrics": metric_rows})
             write_metrics(out_dir, metric_rows, METRIC_COLUMNS)

@@ -1,7 +1,8 @@
 """One training loop for smoothed-classifier baselines: DDP, autocast, resumable checkpoints, metrics.
 
 Outputs in `out_dir`:
-  config.json              the resolved run config (written first, so a dry run shows the same thing)
+  config.json              the resolved run config (what --dry-run prints), written with the first training
+                           state: a run that fails before it has anything to keep leaves the folder as it was
   metrics.csv              one row per epoch
   train_state.safetensors  model, optimizer, epoch and generator states, to resume an interrupted run
   model.safetensors        the final model with its config: all `rrcm certify` needs
@@ -26,7 +27,7 @@ from ..data import load_dataset
 from ..data.augment import train_augment
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import write_json_atomic
+from ..fileio import check_output_folder, write_json_atomic
 from ..models import build_model, count_parameters, model_config
 from ..smoothing.noise import derive_seed
 from .config import TrainConfig
@@ -144,8 +145,8 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
             print(f"{final_path} is already trained; nothing to do")
         return final_path
     check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("train", "model"))
-    if ctx.is_main:
-        write_json_atomic(out_dir / CONFIG_FILE, run_config)
+    if ctx.is_main:  # an unwritable --out is refused now; config.json comes with the first training state
+        check_output_folder(out_dir)
 
     device = ctx.device
     torch.manual_seed(derive_seed(cfg.seed, 0))  # identical initial weights on every process
@@ -183,7 +184,7 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
         noise = "on clean images" if cfg.method == "clean" else f"with {cfg.method} noise σ={cfg.sigma}"
         print(f"training {cfg.arch} ({count_parameters(model):,} parameters) {noise} on {cfg.data} "
               f"({num_examples} images) for {cfg.epochs} epochs on {device}")
-    tensorboard = _tensorboard_writer(out_dir) if ctx.is_main else None
+    tensorboard = None  # made at the end of the first epoch: a run that fails at its first step leaves nothing
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
                 else contextlib.nullcontext())
     for epoch in range(start_epoch, cfg.epochs):
@@ -235,6 +236,8 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
         metric_rows.append({"epoch": epoch + 1, "step": step, "lr": lr, "loss": float(totals[0] / totals[2]),
                             "noisy_train_accuracy": float(totals[1] / totals[2]),
                             "seconds": round(time.perf_counter() - t0, 3)})
+        if tensorboard is None and ctx.is_main:
+            tensorboard = _tensorboard_writer(out_dir)
         if tensorboard is not None:
             for key in ("loss", "noisy_train_accuracy", "lr"):
                 tensorboard.add_scalar(f"train/{key}", metric_rows[-1][key], epoch + 1)
@@ -245,6 +248,8 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
                        f"{row['noisy_train_accuracy']:.4f} ({row['seconds']:.1f}s)")
         last = epoch + 1 == cfg.epochs
         if last or (epoch + 1) % cfg.checkpoint_every == 0 or stop_after_epoch == epoch + 1:
+            if ctx.is_main:  # first of all the run keeps (and rewritten, unchanged, with every state)
+                write_json_atomic(out_dir / CONFIG_FILE, run_config)
             _save_training_state(ctx, out_dir, model, optimizer, noise_generator, augment_generator,
                                  epoch + 1, step, metric_rows)
         if stop_after_epoch == epoch + 1 and not last:

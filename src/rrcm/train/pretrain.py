@@ -34,7 +34,7 @@ from ..data.augment import train_augment
 from ..data.contrastive import two_views
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import write_json_atomic
+from ..fileio import check_output_folder, write_json_atomic
 from ..models import count_parameters, model_config
 from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config
 from .contrastive import EMATarget, average_gradients, convert_to_global_batchnorm, ema_momentum, info_nce
@@ -198,8 +198,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         return final_path
     check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("pretrain", "model"),
                     what="pre-training run")
-    if ctx.is_main:
-        write_json_atomic(out_dir / CONFIG_FILE, run_config)
+    if ctx.is_main:  # an unwritable --out is refused now; config.json comes with the first training state
+        check_output_folder(out_dir)
 
     device = ctx.device
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
@@ -289,6 +289,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after_step:
             if ctx.is_main:
                 saved_window = {**window, "seconds": window["seconds"] + time.perf_counter() - t0}
+                write_json_atomic(out_dir / CONFIG_FILE, run_config)  # with the first thing the run keeps
                 save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scaler": scaler.state_dict(), "step": step, "metrics": metric_rows,
                                         "window": saved_window})
