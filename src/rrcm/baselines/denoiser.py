@@ -201,15 +201,16 @@ def read_denoiser_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[
 
 def load_denoiser(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(UNet in eval mode, checkpoint config) of a `denoiser.safetensors` written by `rrcm train-denoiser`."""
-    from safetensors.torch import load_file
+    from ..checkpoint import load_weights
 
     config, model_cfg = read_denoiser_config(path)
     try:
         unet = build_unet(model_cfg)
     except (TypeError, ValueError) as e:
         raise UserError(f"denoiser {path} has a config rrcm cannot build ({_short(e)}); re-train it") from None
+    state = load_weights(path)  # checked against the SHA-256 recorded when it was written
     try:
-        unet.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+        unet.load_state_dict(state, strict=True)
     except Exception as e:  # noqa: BLE001 - a corrupt file and mismatched weights are the same user mistake
         raise UserError(f"denoiser {path} weights do not load ({_short(e)}); the file is corrupt or was edited") from None
     config["model"] = model_cfg

@@ -271,13 +271,9 @@ def train_classifier(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = 
 
 def _load_pretrained_encoder(model: torch.nn.Module, path: str) -> None:
     """Copy the `encoder.*` weights of a pre-trained rRCM encoder into the classifier; the head stays new."""
-    from safetensors.torch import load_file
+    from ..checkpoint import load_weights
 
-    try:
-        state = load_file(path, device="cpu")
-    except Exception as e:  # noqa: BLE001 - any read failure is the same user mistake
-        raise UserError(f"cannot read pre-trained weights from {path} ({e}); give the encoder.safetensors "
-                        "written by `rrcm pretrain`") from None
+    state = load_weights(path)  # checked against the SHA-256 recorded when it was written
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
         raise UserError(f"{path} does not match the classifier's encoder (missing {missing[:3]}, unexpected "
