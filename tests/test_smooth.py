@@ -326,3 +326,62 @@ def test_sample_counts_refuses_a_batch_size_that_would_never_finish():
     with pytest.raises(ValueError, match="floating-point"):
         smooth.sample_counts(torch.zeros(1, 2, 2, dtype=torch.uint8), 10, 5, idx=0, stage=ESTIMATION)
     assert int(smooth.sample_counts(GOOD_X, 0, 5, idx=0, stage=ESTIMATION).sum()) == 0
+
+
+def reference_batches(x, sigma, seed, idx, stage, num, batch_size):
+    """The noisy batches as first written: whole chunks drawn from the example's generator into fresh
+    tensors, concatenated, then x + σ·δ out of place."""
+    from rrcm.smoothing.noise import CHUNK_ELEMENTS, derive_seed
+
+    generator = torch.Generator().manual_seed(derive_seed(seed, idx, stage))
+    chunk = max(1, CHUNK_ELEMENTS // x.numel())
+    drawn = torch.cat([torch.randn((chunk, *x.shape), generator=generator)
+                       for _ in range(math.ceil(num / chunk))])[:num]
+    return [x.unsqueeze(0) + sigma * drawn[i:i + batch_size] for i in range(0, num, batch_size)]
+
+
+@pytest.mark.parametrize("shape,num,batch_size", [((3, 32, 32), 1000, 64), ((3, 32, 32), 50, 1000),
+                                                   ((1, 8, 8), 5000, 1000), ((1, 8, 8), 3000, 1024),
+                                                   ((3, 7, 5), 777, 100), ((1, 300, 300), 5, 2),
+                                                   ((1, 2, 2), 10, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_model_sees_bit_for_bit_the_noise_it_always_saw(shape, num, batch_size, channels_last):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, batch):
+            if channels_last:
+                assert batch.is_contiguous(memory_format=torch.channels_last)
+            seen.append(batch.clone())
+            return torch.zeros(batch.shape[0], 2)
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    sigma = 0.12
+    Smooth(Spy(), 2, sigma, seed=9, channels_last=channels_last).sample_counts(x, num, batch_size, idx=4,
+                                                                              stage=ESTIMATION)
+    expected = reference_batches(x, sigma, 9, 4, ESTIMATION, num, batch_size)
+    assert len(seen) == len(expected)
+    for got, want in zip(seen, expected):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+def test_noise_for_inputs_of_another_dtype_promotes_as_before():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, batch):
+            seen.append(batch.clone())
+            return torch.zeros(batch.shape[0], 2, dtype=batch.dtype)
+
+    x = torch.rand((1, 4, 4), dtype=torch.float64)
+    Smooth(Spy(), 2, 0.3, seed=1).sample_counts(x, 30, 7, idx=0, stage=SELECTION)
+    expected = reference_batches(x, 0.3, 1, 0, SELECTION, 30, 7)
+    assert all(got.dtype == torch.float64 and torch.equal(got, want) for got, want in zip(seen, expected))
+
+
+def test_take_into_refuses_a_buffer_it_cannot_fill():
+    stream = NoiseStream((1, 2, 2), "cpu", seed=0, idx=0, stage=ESTIMATION)
+    for bad in (torch.empty(3, 1, 2, 2, dtype=torch.float64), torch.empty(3, 1, 2, 3),
+                torch.empty(3, 1, 4, 4)[:, :, ::2, ::2]):
+        with pytest.raises(ValueError, match="take_into"):
+            stream.take_into(bad)

@@ -43,12 +43,38 @@ class NoiseStream:
 
     def take(self, count: int) -> torch.Tensor:
         """The next `count` samples, shape (count, *shape)."""
-        parts = []
-        while count > 0:
-            if self._buffer is None or self._used == self.chunk:
+        if self._buffer is not None and count <= self.chunk - self._used:
+            view = self._buffer[self._used : self._used + count]  # no copy
+            self._used += count
+            return view
+        return self.take_into(torch.empty((count, *self.shape), device=self.device))
+
+    def take_into(self, out: torch.Tensor) -> torch.Tensor:
+        """Write the next `len(out)` samples into `out` (contiguous, of shape (k, *shape) and of torch's
+        default dtype, as `take` returns); return it.
+
+        The same numbers as `take`: rows left in the current chunk are copied; on the CPU a whole chunk
+        that fits is drawn straight into `out` (torch.randn into a contiguous view of the same size makes
+        the same numbers and advances the generator the same way as into a fresh tensor), which saves
+        the per-chunk allocations and the concatenation of the batch.
+        """
+        dtype = torch.get_default_dtype()
+        if out.dtype != dtype or not out.is_contiguous() or tuple(out.shape[1:]) != self.shape or out.device != self.device:
+            raise ValueError(f"take_into needs a contiguous {dtype} tensor of shape (k, *{self.shape}) on {self.device}, "
+                             f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        count, pos = out.shape[0], 0
+        direct = self.device.type == "cpu"
+        while pos < count:
+            left = 0 if self._buffer is None else self.chunk - self._used
+            if left > 0:
+                k = min(count - pos, left)
+                out[pos : pos + k].copy_(self._buffer[self._used : self._used + k])
+                self._used += k
+                pos += k
+            elif direct and count - pos >= self.chunk:
+                torch.randn((self.chunk, *self.shape), generator=self.generator, device=self.device,
+                            out=out[pos : pos + self.chunk])
+                pos += self.chunk
+            else:
                 self._refill()
-            k = min(count, self.chunk - self._used)
-            parts.append(self._buffer[self._used : self._used + k])
-            self._used += k
-            count -= k
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out

@@ -180,13 +180,27 @@ class Smooth:
         stream = NoiseStream(tuple(x.shape), device, self.seed, idx, stage)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
         all_finite = torch.ones((), dtype=torch.bool, device=device)
+        # One input buffer for every batch of this call: the noise is drawn into it and scaled and shifted
+        # in place, x + σ·δ bit for bit as out of place (σ·δ rounded first, then the sum, which commutes),
+        # without a fresh batch-sized allocation (and page faults) per step. Another dtype of x than the
+        # noise's promotes: out of place, as before.
+        in_place = x.dtype == torch.get_default_dtype() and num > 0
+        buffer = torch.empty((min(batch_size, num), *x.shape), device=device) if in_place else None
+        buffer_cl = None
         remaining = num
         while remaining > 0:
             this_batch = min(batch_size, remaining)
             remaining -= this_batch
-            batch = x.unsqueeze(0) + self.sigma * stream.take(this_batch)
+            if in_place:
+                batch = stream.take_into(buffer[:this_batch])
+                batch.mul_(self.sigma).add_(x)
+            else:
+                batch = x.unsqueeze(0) + self.sigma * stream.take(this_batch)
             if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
+                if buffer_cl is None:
+                    buffer_cl = torch.empty((min(batch_size, num), *x.shape), dtype=batch.dtype, device=device,
+                                            memory_format=torch.channels_last)
+                batch = buffer_cl[:this_batch].copy_(batch)
             with self._autocast(device):
                 logits = self.base_classifier(batch)
             self._check_shape(logits, this_batch)
