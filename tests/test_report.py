@@ -34,7 +34,7 @@ from rrcm.report import (
     summarize,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests.conftest import SHARED  # noqa: E402  (found from mutmut's copy of the tests too)
 PUBLISHED = SHARED / "oracle" / "certify-logs"
 ACC_FILES = sorted(PUBLISHED.rglob("*_acc")) if PUBLISHED.is_dir() else []
 PUBLISHED_LOGS = (
