@@ -637,8 +637,8 @@ def test_imagefolder_archive_matches_the_folder(tmp_path, private_cache):
 @pytest.mark.parametrize("prefix", ["", "val/", "imagenette2/val/"])
 def test_imagefolder_archive_leading_folders_are_dropped(tmp_path, prefix):
     files = {f"{prefix}{name}/{number}.png": image_bytes(make_image(number), "PNG") for name in ("b", "a") for number in (2, 1)}
-    files["README.txt"] = b"not an image"
-    files["cover.png"] = image_bytes(make_image(9), "PNG")  # outside any class folder: skipped
+    files["README.txt"] = b"not an image"  # not an image: skipped
+    files[f"{prefix}a/.hidden.png"] = b"hidden: skipped"
     write_tar_gz(tmp_path / "val.tar.gz", files)
     dataset = load_dataset("imagefolder", "test", tmp_path, image_size=8)
     assert dataset.info.classes == ("a", "b") and dataset.labels.tolist() == [0, 0, 1, 1]

@@ -5,6 +5,7 @@
     ds = load_dataset("cifar10", "test", "/data/cifar10")     # pickle batches, class folders or test.tar.gz
     ds = load_dataset("imagefolder", "test", "/data/imagenet", image_size=224)
     x, y = ds[0]; xb, yb = ds.batch(range(64)); ds.info.to_dict()
+    info, n = probe_dataset("cifar10", "test", "/data/cifar10")  # for --dry-run: decodes no image
 
 One module per format (`digits`, `mnist`, `cifar10`, `imagefolder`; each docstring says what it
 reads and how); `augment` holds the training augmentations. Each model normalises with
@@ -20,7 +21,13 @@ from rrcm.errors import UserError
 
 DATASETS = ("digits", "mnist", "cifar10", "imagefolder")
 
-__all__ = ["DATASETS", "SPLITS", "DataInfo", "ImageDataset", "InMemoryImageDataset", "load_dataset"]
+__all__ = ["DATASETS", "SPLITS", "DataInfo", "ImageDataset", "InMemoryImageDataset", "load_dataset", "probe_dataset"]
+
+
+def _check_name(name: str, split: str) -> None:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    check_split(split)
 
 
 def load_dataset(
@@ -32,9 +39,7 @@ def load_dataset(
     square images returned: only "imagefolder" resizes (default 224); for the fixed-size sets it
     may be omitted or must equal their native size (digits 8, mnist 28, cifar10 32).
     """
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-    check_split(split)
+    _check_name(name, split)
     if name == "digits":
         from rrcm.data.digits import load_digits_split
 
@@ -50,3 +55,35 @@ def load_dataset(
     from rrcm.data.imagefolder import load_imagefolder_split
 
     return load_imagefolder_split(split, root, image_size=image_size)
+
+
+def probe_dataset(
+    name: str, split: str, root: str | os.PathLike | None = None, *, image_size: int | None = None
+) -> tuple[DataInfo, int]:
+    """(info, number of examples) that `load_dataset` with the same arguments gives, reading no image.
+
+    For `--dry-run`: it checks the same paths, file headers and sizes and raises the same
+    UserErrors for them, but decodes no image and reads no pixel (digits, bundled and tiny, is
+    loaded). What only decoding can find (a damaged image, a CIFAR-10 folder image that is not
+    32x32) is found by the real load. MNIST: idx headers, and the image file's decompressed length
+    counted as it streams (a truncated file gives its complete images, with the loader's warning).
+    CIFAR-10 pickles: each batch's opcodes are walked and its pixel bytes seeked over. Folders:
+    image files counted per class folder. Archives: the cached decode's count if there is one,
+    else the member names, streamed.
+    """
+    _check_name(name, split)
+    if name == "digits":
+        from rrcm.data.digits import probe_digits_split
+
+        return probe_digits_split(split, image_size=image_size)
+    if name == "mnist":
+        from rrcm.data.mnist import probe_mnist_split
+
+        return probe_mnist_split(split, root, image_size=image_size)
+    if name == "cifar10":
+        from rrcm.data.cifar10 import probe_cifar10_split
+
+        return probe_cifar10_split(split, root, image_size=image_size)
+    from rrcm.data.imagefolder import probe_imagefolder_split
+
+    return probe_imagefolder_split(split, root, image_size=image_size)

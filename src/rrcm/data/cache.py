@@ -20,7 +20,9 @@ import numpy as np
 
 from rrcm.fileio import atomic_path
 
-CACHE_FORMAT = 1  # bump when the decoding changes, so old entries are not reused
+# Bump when the decoding changes, so old entries are not reused. 2: archive layouts and image sizes
+# that were silently accepted before (an image outside the class folders, a giant image) are errors.
+CACHE_FORMAT = 2
 
 
 def cache_dir() -> Path:
@@ -52,6 +54,27 @@ def load_cached(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | 
     if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (images.shape[0],):
         return None
     return images, labels.astype(np.int64, copy=False), classes
+
+
+def read_summary(path: Path) -> tuple[int, tuple[str, ...], tuple[int, ...]] | None:
+    """(number of images, classes, image shape (C, H, W)) of a cache entry, reading no pixel.
+
+    None where `load_cached` would return None (absent, unreadable or malformed entry).
+    """
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as entry:
+            labels, classes = entry["labels"], tuple(str(c) for c in entry["classes"])
+            with entry.zip.open("images.npy") as member:  # the array's header only, not its data
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+    except Exception:  # a damaged entry is just a cache miss
+        return None
+    if dtype != np.uint8 or len(shape) != 4 or labels.shape != (shape[0],):
+        return None
+    return int(shape[0]), classes, tuple(int(side) for side in shape[1:])
 
 
 def save_cached(path: Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> None:

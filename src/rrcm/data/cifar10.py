@@ -13,7 +13,13 @@ Folders and archives are decoded once into memory, images ordered by class then 
 cached (see `rrcm.data.cache`). So index i is not the same image in the pickle format (original
 interleaved order) and in an ImageFolder copy (grouped by class): subsets taken by index, such as
 every 20th test image, differ between the two. Classes are always the canonical CIFAR-10 order; class names from
-`batches.meta` or from the class folders must match it exactly.
+`batches.meta` or from the class folders must match it exactly. Archives follow the layout and
+limits of `rrcm.data.imagefolder` (streamed, every image in a class folder beside the first one's);
+an image that is not 32x32 is refused from its header, before it is decoded.
+
+`probe_cifar10_split` gives the (info, count) the loader would give without reading any pixel:
+pickle batches are walked opcode by opcode (`scan_batch`), seeking over the pixel bytes; folders
+and archives are counted by file name (or from the cached decode).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +38,12 @@ from rrcm.data import cache
 from rrcm.data.base import DataInfo, InMemoryImageDataset, check_fixed_image_size, require_data_dir
 from rrcm.data.imagefolder import (
     ARCHIVE_SUFFIXES,
+    count_archive_images,
     decode_image_archive,
     decode_image_tree,
     load_decoded_cached,
+    probe_decoded_cached,
+    scan_image_tree,
     stack_decoded,
     tree_signature,
 )
@@ -148,20 +158,263 @@ def read_class_names(meta_path: Path) -> tuple[str, ...]:
     return tuple(_text(name) for name in names)
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of one CIFAR-10 batch file."""
-    batch = unpickle_restricted(path)
+def _check_batch(path: Path, batch: dict[str, Any]) -> tuple[Any, np.ndarray]:
+    """(data, labels int array) of an unpickled batch, after the checks every reader makes."""
     if "data" not in batch or "labels" not in batch:
         raise UserError(f"{path} has keys {sorted(map(str, batch))}, not CIFAR-10's 'data' and 'labels': pass CIFAR-10 batches")
     data, labels = batch["data"], np.asarray(batch["labels"])
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS_PER_IMAGE:
+    if (
+        not isinstance(data, (np.ndarray, _ArrayHeader)) or data.dtype != np.uint8 or data.ndim != 2
+        or data.shape[1] != PIXELS_PER_IMAGE
+    ):
         shape = getattr(data, "shape", None)
-        raise UserError(f"{path} 'data' is {type(data).__name__} {shape}, not uint8 (N, 3072): {FIX_HINT}")
+        kind = "ndarray" if isinstance(data, _ArrayHeader) else type(data).__name__
+        raise UserError(f"{path} 'data' is {kind} {shape}, not uint8 (N, 3072): {FIX_HINT}")
     if labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu" or (labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES))):
         raise UserError(f"{path} has {labels.shape} labels for {data.shape[0]} images, or labels outside 0..9: {FIX_HINT}")
+    return data, labels
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of one CIFAR-10 batch file."""
+    data, labels = _check_batch(path, unpickle_restricted(path))
     # Rows are channel-major (R plane, G plane, B plane), each 32x32 row-major: exactly (3, 32, 32).
     images = data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
     return images, labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# pickle batches without their pixels (for probe_cifar10_split)
+
+SKIP_PAYLOAD_BYTES = 1 << 20  # strings longer than this (the pixels) are seeked over by scan_batch, never read
+
+
+class _Skipped:
+    """A string or bytes payload that scan_batch seeked over: only its length (if known) is kept."""
+
+    def __init__(self, size: int | None):
+        self.size = size
+
+
+class _ArrayHeader:
+    """What scan_batch knows of an ndarray whose bytes it skipped: shape and dtype."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype):
+        self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
+
+
+class _Unsupported(Exception):
+    """An opcode or construct scan_batch does not follow: unpickle the file instead."""
+
+
+def _truncated(path: Path, what: str = "pickle data was truncated") -> UserError:
+    return UserError(f"CIFAR-10 file {path} is truncated or corrupt ({what}): {FIX_HINT}")
+
+
+def _has_skipped(value: Any) -> bool:
+    if isinstance(value, (_Skipped, _ArrayHeader)):
+        return True
+    return isinstance(value, (tuple, list)) and any(_has_skipped(item) for item in value)
+
+
+class _BatchScanner:
+    """A stack machine over the opcodes CIFAR-10 batches use (pickle protocols 0-4, a subset).
+
+    It resolves globals exactly as RestrictedUnpickler does (the same refusals), calls the allowed
+    numpy functions on small arguments as an unpickler would, and seeks over strings longer than
+    SKIP_PAYLOAD_BYTES: an ndarray built from such a string becomes an `_ArrayHeader`.
+    """
+
+    def __init__(self, file: Any, path: Path, size: int):
+        self.file, self.path, self.size = file, path, size
+        self.restricted = RestrictedUnpickler(file, path)
+
+    def read(self, count: int) -> bytes:
+        data = self.file.read(count)
+        if len(data) < count:
+            raise _truncated(self.path)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.file.readline()
+        if not line.endswith(b"\n"):
+            raise _truncated(self.path)
+        return line[:-1]
+
+    def unpack(self, fmt: str) -> int:
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def payload(self, count: int, text: bool) -> Any:
+        if count < 0:
+            raise _truncated(self.path, "negative string length")
+        if count > SKIP_PAYLOAD_BYTES:
+            if self.file.tell() + count > self.size:
+                raise _truncated(self.path)
+            self.file.seek(count, os.SEEK_CUR)
+            return _Skipped(None if text else count)  # UTF-8 bytes do not tell the latin1 length
+        data = self.read(count)
+        return data.decode("utf-8", "surrogatepass") if text else data
+
+    def call(self, function: Any, args: Any) -> Any:
+        if not isinstance(args, tuple):
+            raise _Unsupported
+        if function is _latin1_encode and args and isinstance(args[0], _Skipped):
+            _latin1_encode("", *args[1:])  # the same refusal of other codecs
+            return _Skipped(args[0].size)
+        if _has_skipped(args):
+            raise _Unsupported
+        return function(*args)
+
+    def build(self, target: Any, state: Any) -> Any:
+        if isinstance(target, np.ndarray) and isinstance(state, tuple) and len(state) in (4, 5) and isinstance(state[-1], _Skipped):
+            shape, dtype, raw = state[-4], state[-3], state[-1]
+            if not isinstance(dtype, np.dtype) or not isinstance(shape, tuple) or not all(isinstance(side, int) for side in shape):
+                raise _Unsupported
+            if raw.size is not None and raw.size != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                raise _truncated(self.path, "the data array's bytes do not match its shape")
+            return _ArrayHeader(shape, dtype)
+        if _has_skipped(state) or not hasattr(target, "__setstate__"):
+            raise _Unsupported
+        target.__setstate__(state)
+        return target
+
+    def load(self) -> Any:
+        stack: list[Any] = []
+        marks: list[list[Any]] = []
+        memo: dict[int, Any] = {}
+
+        def pop_mark() -> list[Any]:
+            nonlocal stack
+            items, stack = stack, marks.pop()
+            return items
+
+        while True:
+            op = self.read(1)
+            if op == b"\x80":  # PROTO
+                self.read(1)
+            elif op == b"\x95":  # FRAME: its opcodes follow inline
+                self.read(8)
+            elif op == b".":  # STOP
+                return stack.pop()
+            elif op == b"(":  # MARK
+                marks.append(stack)
+                stack = []
+            elif op == b"}":
+                stack.append({})
+            elif op == b"]":
+                stack.append([])
+            elif op == b")":
+                stack.append(())
+            elif op == b"t":
+                items = pop_mark()  # before `stack.append`, which would bind the inner list
+                stack.append(tuple(items))
+            elif op in (b"\x85", b"\x86", b"\x87"):  # TUPLE1..3
+                count = op[0] - 0x84
+                items = tuple(stack[-count:])
+                del stack[-count:]
+                if len(items) != count:
+                    raise IndexError("stack underflow")
+                stack.append(items)
+            elif op == b"l":
+                items = pop_mark()
+                stack.append(items)
+            elif op == b"d":
+                items = pop_mark()
+                stack.append(dict(zip(items[::2], items[1::2])))
+            elif op == b"a":
+                value = stack.pop()
+                stack[-1].append(value)
+            elif op == b"e":
+                items = pop_mark()
+                stack[-1].extend(items)
+            elif op == b"s":
+                value, key = stack.pop(), stack.pop()
+                stack[-1][key] = value
+            elif op == b"u":
+                items = pop_mark()
+                stack[-1].update(zip(items[::2], items[1::2]))
+            elif op == b"N":
+                stack.append(None)
+            elif op in (b"\x88", b"\x89"):
+                stack.append(op == b"\x88")
+            elif op == b"J":
+                stack.append(self.unpack("<i"))
+            elif op == b"K":
+                stack.append(self.read(1)[0])
+            elif op == b"M":
+                stack.append(self.unpack("<H"))
+            elif op == b"\x8a":  # LONG1
+                stack.append(int.from_bytes(self.read(self.read(1)[0]), "little", signed=True))
+            elif op == b"G":
+                stack.append(self.unpack(">d"))
+            elif op == b"T":  # BINSTRING: bytes, as RestrictedUnpickler reads Python 2 str
+                stack.append(self.payload(self.unpack("<i"), text=False))
+            elif op in (b"U", b"C"):  # SHORT_BINSTRING, SHORT_BINBYTES
+                stack.append(self.payload(self.read(1)[0], text=False))
+            elif op == b"B":
+                stack.append(self.payload(self.unpack("<I"), text=False))
+            elif op == b"\x8e":
+                stack.append(self.payload(self.unpack("<Q"), text=False))
+            elif op == b"X":
+                stack.append(self.payload(self.unpack("<I"), text=True))
+            elif op == b"\x8c":
+                stack.append(self.payload(self.read(1)[0], text=True))
+            elif op == b"\x8d":
+                stack.append(self.payload(self.unpack("<Q"), text=True))
+            elif op == b"q":
+                memo[self.read(1)[0]] = stack[-1]
+            elif op == b"r":
+                memo[self.unpack("<I")] = stack[-1]
+            elif op == b"\x94":  # MEMOIZE
+                memo[len(memo)] = stack[-1]
+            elif op == b"h":
+                stack.append(memo[self.read(1)[0]])
+            elif op == b"j":
+                stack.append(memo[self.unpack("<I")])
+            elif op == b"c":  # GLOBAL
+                module = self.readline().decode("utf-8")
+                name = self.readline().decode("utf-8")
+                stack.append(self.restricted.find_class(module, name))
+            elif op == b"\x93":  # STACK_GLOBAL
+                name, module = stack.pop(), stack.pop()
+                if not isinstance(module, str) or not isinstance(name, str):
+                    raise _Unsupported
+                stack.append(self.restricted.find_class(module, name))
+            elif op == b"R":  # REDUCE
+                args, function = stack.pop(), stack.pop()
+                stack.append(self.call(function, args))
+            elif op == b"b":  # BUILD
+                state = stack.pop()
+                stack[-1] = self.build(stack[-1], state)
+            else:
+                raise _Unsupported
+
+
+def scan_batch(path: Path) -> int | None:
+    """The number of images of one CIFAR-10 batch file, reading its structure but not its pixels.
+
+    Raises the UserErrors `read_batch` raises for the same file (missing keys, wrong shape, bad
+    labels, refused globals, truncation); None if the file uses pickle opcodes this scanner does
+    not follow, in which case the caller unpickles it.
+    """
+    try:
+        with open(path, "rb") as file:
+            content = _BatchScanner(file, path, os.fstat(file.fileno()).st_size).load()
+    except (UserError, _Unsupported) as error:
+        if isinstance(error, _Unsupported):
+            return None
+        raise
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror or error}): check the path and permissions") from None
+    except Exception as error:  # damaged opcodes: underflow, bad memo index, numpy refusing its arguments
+        raise _truncated(path, str(error) or type(error).__name__) from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path} holds a {type(content).__name__}, not a CIFAR-10 batch dict: {FIX_HINT}")
+    batch = {_text(key): value for key, value in content.items()}
+    if _has_skipped(batch.get("labels")):  # labels too large to read cheaply: unpickle instead
+        return None
+    data, _ = _check_batch(path, batch)
+    return int(data.shape[0])
 
 
 def check_class_names(names: tuple[str, ...], source: Path | str) -> None:
@@ -172,8 +425,8 @@ def check_class_names(names: tuple[str, ...], source: Path | str) -> None:
         )
 
 
-def load_pickle_split(batches_dir: Path, split: str) -> InMemoryImageDataset:
-    """The split from the pickle batches in `batches_dir`."""
+def _batch_paths(batches_dir: Path, split: str) -> list[Path]:
+    """The split's batch files, after checking they exist and `batches.meta` (if any) names CIFAR-10's classes."""
     paths = [batches_dir / name for name in BATCH_FILES[split]]
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
@@ -184,28 +437,63 @@ def load_pickle_split(batches_dir: Path, split: str) -> InMemoryImageDataset:
     meta_path = batches_dir / META_FILE
     if meta_path.is_file():
         check_class_names(read_class_names(meta_path), meta_path)
-    batches = [read_batch(path) for path in paths]
+    return paths
+
+
+def load_pickle_split(batches_dir: Path, split: str) -> InMemoryImageDataset:
+    """The split from the pickle batches in `batches_dir`."""
+    batches = [read_batch(path) for path in _batch_paths(batches_dir, split)]
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
     return InMemoryImageDataset(torch.from_numpy(images), torch.from_numpy(labels), info())
+
+
+def probe_pickle_split(batches_dir: Path, split: str) -> int:
+    """The number of images `load_pickle_split` gives, from `scan_batch` (no pixel is read)."""
+    total = 0
+    for path in _batch_paths(batches_dir, split):
+        count = scan_batch(path)
+        total += read_batch(path)[1].shape[0] if count is None else count
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
 # ImageFolder copies
 
 
+def check_image_size(size: tuple[int, int], name: str) -> None:
+    """UserError unless an image is 32x32 (from its header, before decoding)."""
+    if tuple(size) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(
+            f"image {name}: its sides are {size[0]}x{size[1]}, CIFAR-10's are 32x32: pass CIFAR-10 data "
+            "(for other images use the imagefolder dataset)"
+        )
+
+
+def _check_shape(shape: tuple[int, ...], source: Path) -> None:
+    if tuple(shape) != (3, IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(f"images in {source} are {shape[1]}x{shape[2]}, CIFAR-10's are 32x32: pass CIFAR-10 data")
+
+
 def _in_memory(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], source: Path) -> InMemoryImageDataset:
     check_class_names(classes, source)
-    if images.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
-        raise UserError(f"images in {source} are {images.shape[2]}x{images.shape[3]}, CIFAR-10's are 32x32: pass CIFAR-10 data")
+    _check_shape(images.shape[1:], source)
     return InMemoryImageDataset(torch.from_numpy(images), torch.from_numpy(labels), info())
+
+
+def _folder_cache_key(tree: Path, split: str) -> tuple[str, dict[str, Any]]:
+    return f"cifar10-{split}", {"kind": "cifar10-folder", "source": tree_signature(tree)}
+
+
+def _archive_cache_key(archive: Path, split: str) -> tuple[str, dict[str, Any]]:
+    return f"cifar10-{split}", {"kind": "cifar10-archive", "source": cache.source_signature(archive)}
 
 
 def load_folder_split(tree: Path, split: str) -> InMemoryImageDataset:
     """The split from `tree/<class>/<image>`, decoded into memory (cached)."""
-    key = {"kind": "cifar10-folder", "source": tree_signature(tree)}
+    stem, key = _folder_cache_key(tree, split)
     images, labels, classes = load_decoded_cached(
-        f"cifar10-{split}", key, lambda: decode_image_tree(tree, None, f"decoding {tree}"), tree
+        stem, key, lambda: decode_image_tree(tree, None, f"decoding {tree}", check_size=check_image_size), tree
     )
     return _in_memory(images, labels, classes, tree)
 
@@ -217,11 +505,11 @@ def load_archive_split(archive: Path, split: str, *, limit: int | None = None) -
     """
 
     def decode() -> list:
-        return decode_image_archive(archive, None, f"decoding {archive.name}", limit=limit)
+        return decode_image_archive(archive, None, f"decoding {archive.name}", limit=limit, check_size=check_image_size)
 
     if limit is None:
-        key = {"kind": "cifar10-archive", "source": cache.source_signature(archive)}
-        images, labels, classes = load_decoded_cached(f"cifar10-{split}", key, decode, archive)
+        stem, key = _archive_cache_key(archive, split)
+        images, labels, classes = load_decoded_cached(stem, key, decode, archive)
         return _in_memory(images, labels, classes, archive)
     images, labels, classes = stack_decoded(decode(), archive)
     # A prefix of the archive may hold only some classes: map its labels into the canonical list.
@@ -229,6 +517,29 @@ def load_archive_split(archive: Path, split: str, *, limit: int | None = None) -
         check_class_names(classes, archive)
     labels = np.array([CLASSES.index(classes[label]) for label in labels], dtype=np.int64)
     return _in_memory(images, labels, CLASSES, archive)
+
+
+def _count_tree(tree: Path) -> tuple[tuple[str, ...], int]:
+    classes, paths, _ = scan_image_tree(tree)
+    return classes, len(paths)
+
+
+def probe_folder_or_archive(kind: str, source: Path, split: str) -> int:
+    """The number of images `load_folder_split` / `load_archive_split` give, decoding no image.
+
+    From the cached decode if there is one, else by file names (the images' sizes are then
+    checked only when they are decoded).
+    """
+    if kind == "folder":
+        stem, key = _folder_cache_key(source, split)
+        classes, number, shape = probe_decoded_cached(stem, key, lambda: _count_tree(source))
+    else:
+        stem, key = _archive_cache_key(source, split)
+        classes, number, shape = probe_decoded_cached(stem, key, lambda: count_archive_images(source))
+    check_class_names(classes, source)
+    if shape is not None:
+        _check_shape(shape, source)
+    return number
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,13 +565,25 @@ def find_cifar10_source(root: Path, split: str) -> tuple[str, Path]:
     )
 
 
-def load_cifar10_split(split: str, root: str | os.PathLike | None, *, image_size: int | None = None) -> InMemoryImageDataset:
-    """The CIFAR-10 train or test split from `root` (formats in the module docstring)."""
+def _resolve(split: str, root: str | os.PathLike | None, image_size: int | None) -> tuple[str, Path]:
     check_fixed_image_size("cifar10", IMAGE_SIZE, image_size)
     root = require_data_dir("cifar10", root, f"{BATCHES_FOLDER}/, {split}/<class>/ or {split}.tar.gz")
-    kind, source = find_cifar10_source(root, split)
+    return find_cifar10_source(root, split)
+
+
+def load_cifar10_split(split: str, root: str | os.PathLike | None, *, image_size: int | None = None) -> InMemoryImageDataset:
+    """The CIFAR-10 train or test split from `root` (formats in the module docstring)."""
+    kind, source = _resolve(split, root, image_size)
     if kind == "pickle":
         return load_pickle_split(source, split)
     if kind == "folder":
         return load_folder_split(source, split)
     return load_archive_split(source, split)
+
+
+def probe_cifar10_split(split: str, root: str | os.PathLike | None, *, image_size: int | None = None) -> tuple[DataInfo, int]:
+    """(info, number of images) that `load_cifar10_split` gives, reading no pixel (see the module docstring)."""
+    kind, source = _resolve(split, root, image_size)
+    if kind == "pickle":
+        return info(), probe_pickle_split(source, split)
+    return info(), probe_folder_or_archive(kind, source, split)

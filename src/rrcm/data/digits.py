@@ -80,6 +80,14 @@ def load_digits_split(split: str, *, image_size: int | None = None) -> InMemoryI
     )
 
 
+def probe_digits_split(split: str, *, image_size: int | None = None) -> tuple[DataInfo, int]:
+    """(info, number of images) of the split, as `load_digits_split` gives (the bundled set is cheap)."""
+    check_fixed_image_size("digits", IMAGE_SIZE, image_size)
+    _, labels = _load_all()
+    train, test = split_indices(labels)
+    return info(), len(train if split == "train" else test)
+
+
 def _train_mean_std() -> tuple[float, float]:
     """How MEAN and STD were computed (kept for reference and checked by a test)."""
     images, labels = _load_all()
