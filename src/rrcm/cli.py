@@ -271,7 +271,14 @@ def add_certify_parser(sub) -> None:
     p.add_argument("--max-index", type=int, default=-1, dest="max_index",
                    help="Cohen's --max: stop at this example index (-1: all)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; example idx uses its own stream from (seed, idx)")
-    p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (autocast; bf16 is ~2× faster on CPU)")
+    p.add_argument("--precision", default="auto",
+                   help="auto (default), fp32, bf16 or fp16 (autocast). auto picks what is faster here, once per run, "
+                        "and records the concrete value in <out>.json (a resume reuses it; --dry-run times nothing): "
+                        "bf16 on a CUDA GPU that supports it; fp32 on a CPU without native bf16 (no avx512_bf16 or "
+                        "amx_bf16 flag), where bf16 made LeNet-5 certification 5-7x slower (AVX2-only CPU, issue 12); "
+                        "otherwise a ~1.5 s probe times both on this model at this batch size, takes bf16 only if it "
+                        "is at least 1.25x faster, and caches the choice in $XDG_CACHE_HOME/rrcm (~/.cache/rrcm). "
+                        "Measured: see benchmarks/README.md")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--ignore-class-names", action="store_true",
@@ -311,8 +318,8 @@ def run_certify(args) -> int:
                                seed=args.seed, skip=args.skip, max_index=args.max_index, precision=args.precision,
                                channels_last=args.channels_last)
     settings.validate()
-    if settings.precision not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"unknown precision {settings.precision!r}; choose fp32, bf16 or fp16")
+    if settings.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {settings.precision!r}; choose auto, fp32, bf16 or fp16")
     data_name = args.data or ckpt_config.get("data", {}).get("name")
     if data_name is None:
         raise UserError("the checkpoint records no data set; give --data")
@@ -325,7 +332,10 @@ def run_certify(args) -> int:
     if args.dry_run:
         from dataclasses import asdict
 
+        from .smoothing.precision import describe_dry_run
+
         print(json.dumps({"settings": asdict(settings), "checkpoint": args.checkpoint, "data": dataset.info.to_dict(),
+                          "precision_auto": describe_dry_run(settings.precision, args.device),  # times nothing
                           "split": args.split,
                           "examples": len(select_indices(len(dataset), settings.skip, settings.max_index))},
                          indent=2, sort_keys=True))

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..fileio import atomic_path, write_json_atomic
 from . import stats
 from .noise import SELECTION
+from .precision import resolve_run_precision
 from .smooth import Smooth
 
 PART_SUFFIX = ".part-rank"
@@ -157,11 +158,16 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
     run_config_path = log_path.with_name(log_path.name + ".json")
     num_classes = dataset.info.num_classes
     indices = select_indices(len(dataset), settings.skip, settings.max_index)
+    # `auto` becomes a concrete precision once and is recorded below; a resume reuses the recorded one.
+    precision = resolve_run_precision(settings.precision, model, dataset, indices, batch_size=settings.batch_size,
+                                      channels_last=settings.channels_last, run_config_path=run_config_path, ctx=ctx)
+    requested_precision, settings = settings.precision, replace(settings, precision=precision.precision)
     run_config = {
         "command": "certify",
         "rrcm_version": __version__,
         "torch_version": torch.__version__,
         "settings": asdict(settings),
+        "precision_choice": {"requested": requested_precision, **precision.to_dict()},
         "checkpoint": str(checkpoint_path) if checkpoint_path else None,
         "checkpoint_sha256": file_sha256(checkpoint_path) if checkpoint_path else None,
         "data": {**dataset.info.to_dict(), **(data_source or {})},
