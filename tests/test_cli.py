@@ -171,3 +171,62 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: rrcm " + command in capsys.readouterr().out
+
+
+DRY_RUNS = [
+    ["train", "--preset", "cifar10-resnet110", "--sigma", "0.25", "--data-root", "{cifar_jpeg}", "--out", "{out}"],
+    ["pretrain", "--preset", "cifar10-b-pretrain", "--data-root", "{cifar_jpeg}", "--out", "{out}"],
+    ["finetune", "--preset", "cifar10-b-finetune", "--sigma", "0.25", "--data-root", "{cifar_jpeg}", "--out", "{out}"],
+    ["train-denoiser", "--data", "cifar10", "--data-root", "{cifar_jpeg}", "--out", "{out}"],
+    ["train", "--data", "mnist", "--data-root", "{mnist}", "--out", "{out}"],
+]
+
+
+@pytest.mark.parametrize("argv", DRY_RUNS, ids=[" ".join(a[:3]) for a in DRY_RUNS])
+def test_dry_runs_of_paper_presets_decode_no_image(argv, shared_dir, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from rrcm.data import cifar10, imagefolder
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("a dry run decoded an image or read a batch's pixels")
+
+    for owner, name in ((Image, "open"), (imagefolder, "decode_image"), (cifar10, "read_batch")):
+        monkeypatch.setattr(owner, name, decoded)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = shared_dir / "data"
+    fill = {"cifar_jpeg": data / "cifar10-jpeg", "mnist": data / "mnist",
+            "out": tmp_path / "run"}
+    code, out, err = run_cli([a.format(**fill) for a in argv] + ["--dry-run"], capsys)
+    assert code == 0, err
+    resolved = json.loads(out)
+    assert resolved["data"]["name"] in ("cifar10", "mnist")
+    assert not (tmp_path / "run").exists()
+
+
+def test_certify_dry_run_on_real_data_decodes_no_image_and_counts(shared_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    from rrcm.checkpoint import read_checkpoint_config
+
+    # a CIFAR-10 classifier that was never trained: the dry run needs its config only
+    from rrcm.models import model_config
+
+    arch = model_config("cifar_resnet20", num_classes=10, in_channels=3, image_size=32,
+                        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    config = {"kind": "classifier", "sigma": 0.25, "data": {"name": "cifar10"}, "model": arch}
+    checkpoint = tmp_path / "c.safetensors"
+    save_checkpoint(checkpoint, build_model(arch), config)
+    from PIL import Image
+
+    from rrcm.data import cifar10, imagefolder
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("a dry run decoded an image or read a batch's pixels")
+
+    for owner, name in ((Image, "open"), (imagefolder, "decode_image"), (cifar10, "read_batch")):
+        monkeypatch.setattr(owner, name, decoded)
+    code, out, err = run_cli(["certify", "--checkpoint", checkpoint, "--data-root", shared_dir / "data" / "cifar10-jpeg",
+                              "--skip", "100", "--out", tmp_path / "log.tsv", "--dry-run"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["examples"] == 100  # 10,000 test images, every 100th
+    assert not (tmp_path / "log.tsv").exists()

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import load_state, read_checkpoint_config, save_checkpoint, save_state
-from ..data import load_dataset
+from ..data import load_dataset, probe_dataset
 from ..data.augment import random_hflip
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
@@ -356,7 +356,7 @@ def resolve_denoiser_config(cfg: DenoiserConfig, info=None) -> dict[str, Any]:
     """Everything the run will use, resolved: what `--dry-run` prints and `config.json` holds."""
     cfg.validate()
     if info is None:
-        info = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size).info
+        info, _ = probe_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)  # decodes no image
     scheduler = {"num_train_timesteps": cfg.num_train_timesteps, "beta_start": cfg.beta_start,
                  "beta_end": cfg.beta_end, "beta_schedule": cfg.beta_schedule, "prediction_type": "epsilon"}
     try:

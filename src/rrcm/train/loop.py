@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .. import __version__, diffusion
 from ..checkpoint import load_state, read_checkpoint_config, save_checkpoint, save_state
-from ..data import load_dataset
+from ..data import load_dataset, probe_dataset
 from ..data.augment import train_augment
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
@@ -92,7 +92,7 @@ def resolve_run_config(cfg: TrainConfig, info=None, *, ignore_class_names: bool 
     """
     cfg.validate()
     if info is None:
-        info = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size).info
+        info, _ = probe_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)  # decodes no image
     options = dict(cfg.arch_options)
     extra: dict[str, Any] = {}
     if cfg.arch == "rrcm_vit":
