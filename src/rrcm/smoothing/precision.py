@@ -379,34 +379,33 @@ def resolve_run_precision(requested: str, model: torch.nn.Module, dataset, indic
                           channels_last: bool, run_config_path: str | os.PathLike, ctx,
                           chooser: Callable[..., Decision] | None = None) -> Decision:
     """The concrete precision of one certification run: `requested` itself unless it is `auto`; for
-    `auto`, what the log's earlier run recorded (a resume never re-probes), else `chooser`'s decision,
-    taken by rank 0 and shared with every process so all shards compute with the same arithmetic."""
+    `auto`, what the log's earlier run recorded (a resume never re-probes), else `chooser`'s decision.
+    Under torchrun every process probes at the same time (as they will certify: side by side) and rank 0's
+    decision is shared with all, so every shard computes with the same arithmetic."""
     if requested != AUTO:
         return Decision(requested, "requested")
     recorded = recorded_precision(run_config_path)
     if recorded is not None:
-        return Decision(recorded, f"recorded by the earlier run of this log ({Path(run_config_path).name})")
-    decision = None
-    if ctx.is_main:
-        if not indices:
-            decision = Decision("fp32", "nothing to certify")
-        else:
-            x0, _ = dataset[indices[0]]
-            model.to(ctx.device)
-            if channels_last:
-                model.to(memory_format=torch.channels_last)
-            try:
-                choose = chooser or choose_precision
-                decision = choose(model, tuple(x0.shape), batch_size, ctx.device, channels_last=channels_last)
-            except RuntimeError as e:  # the model fails on this data: the runner's own check says so next
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                decision = Decision("fp32", f"the timing probe failed ({first_line[:120]})")
-    if ctx.enabled:
+        decision = Decision(recorded, f"recorded by the earlier run of this log ({Path(run_config_path).name})")
+    elif not indices:
+        decision = Decision("fp32", "nothing to certify")
+    else:
+        x0, _ = dataset[indices[0]]
+        model.to(ctx.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        try:
+            choose = chooser or choose_precision
+            decision = choose(model, tuple(x0.shape), batch_size, ctx.device, channels_last=channels_last)
+        except RuntimeError as e:  # the model fails on this data: the runner's own check says so next
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            decision = Decision("fp32", f"the timing probe failed ({first_line[:120]})")
+    if ctx.enabled:  # every process of an `auto` run takes part, whichever branch it took
         import torch.distributed as dist
 
         # One number, not a pickled object: which of CONCRETE rank 0 chose.
-        code = torch.tensor([CONCRETE.index(decision.precision) if decision is not None else -1], device=ctx.device)
+        code = torch.tensor([CONCRETE.index(decision.precision)], device=ctx.device)
         dist.broadcast(code, src=0)
-        if decision is None:
+        if not ctx.is_main:
             decision = Decision(CONCRETE[int(code.item())], "chosen by rank 0")
     return decision
