@@ -188,10 +188,10 @@ def run_pretrain(args) -> int:
         values["blur"] = False
     cfg = PretrainConfig.from_dict(values)
     if args.dry_run:
-        from .data import load_dataset
+        from .data import probe_dataset
 
         cfg.validate()
-        info = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size).info
+        info, _ = probe_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)  # decodes no image
         print(json.dumps(resolve_pretrain_config(cfg, info), indent=2, sort_keys=True))
         return 0
     ctx = init_distributed(cfg.device)
@@ -292,7 +292,7 @@ def add_certify_parser(sub) -> None:
 def run_certify(args) -> int:
     from .checkpoint import load_checkpoint, read_checkpoint_config
     from .compatibility import check_checkpoint_matches_data, check_class_names, recorded_class_names
-    from .data import load_dataset
+    from .data import load_dataset, probe_dataset
     from .distributed import init_distributed, shutdown
     from .smoothing.runner import CertifySettings, certify_dataset, select_indices
 
@@ -325,19 +325,24 @@ def run_certify(args) -> int:
         raise UserError("the checkpoint records no data set; give --data")
     # ImageFolder images are resized to the size the model was trained at; fixed-size sets are checked.
     image_size = ckpt_config["model"].get("image_size") if data_name == "imagefolder" else None
-    dataset = load_dataset(data_name, args.split, args.data_root, image_size=image_size)
-    check_checkpoint_matches_data(ckpt_config, dataset.info, args.checkpoint)
+    # a dry run checks paths, headers and sizes and counts the examples, but decodes no image
+    if args.dry_run:
+        info, num_examples = probe_dataset(data_name, args.split, args.data_root, image_size=image_size)
+    else:
+        dataset = load_dataset(data_name, args.split, args.data_root, image_size=image_size)
+        info, num_examples = dataset.info, len(dataset)
+    check_checkpoint_matches_data(ckpt_config, info, args.checkpoint)
     if not args.ignore_class_names:
-        check_class_names(recorded_class_names(ckpt_config), dataset.info.classes, args.checkpoint)
+        check_class_names(recorded_class_names(ckpt_config), info.classes, args.checkpoint)
     if args.dry_run:
         from dataclasses import asdict
 
         from .smoothing.precision import describe_dry_run
 
-        print(json.dumps({"settings": asdict(settings), "checkpoint": args.checkpoint, "data": dataset.info.to_dict(),
+        print(json.dumps({"settings": asdict(settings), "checkpoint": args.checkpoint, "data": info.to_dict(),
                           "precision_auto": describe_dry_run(settings.precision, args.device),  # times nothing
                           "split": args.split,
-                          "examples": len(select_indices(len(dataset), settings.skip, settings.max_index))},
+                          "examples": len(select_indices(num_examples, settings.skip, settings.max_index))},
                          indent=2, sort_keys=True))
         return 0
     ctx = init_distributed(args.device)
