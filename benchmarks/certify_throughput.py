@@ -15,7 +15,10 @@ eval mode. Configurations (all with the same batch size and the same number of s
                        page-faulted in and unmapped again on every batch
 
 Extra configurations for investigation (select with --configs): rrcm-bf16, rrcm-bf16-malloc,
-rrcm-fp32-malloc, rrcm-fp32-cl, baseline-malloc.
+rrcm-fp32-malloc, rrcm-fp32-cl, baseline-malloc, and rrcm-auto-malloc: what `rrcm certify` runs by
+default (`--precision auto`, resolved in the worker by the same probe without its cache, and the malloc
+tunables the CLI sets by re-executing itself). Each worker records which rrcm it imported (path and git
+commit), so a before/after comparison with PYTHONPATH pointing at another checkout says what it measured.
 
 GLIBC_TUNABLES is read by the dynamic loader when a process starts, so every configuration runs in
 its own child process (`certify_throughput.py --worker ...`) with its own environment; the parent
@@ -60,6 +63,7 @@ CONFIGS: dict[str, tuple[str, str, bool, bool, str]] = {
     "rrcm-fp32-malloc": ("rrcm", "fp32", False, True, "rrcm Smooth fp32 + malloc tunables"),
     "rrcm-fp32-cl": ("rrcm", "fp32", True, False, "rrcm Smooth fp32 + channels_last, default malloc"),
     "baseline-malloc": ("cohen", "fp32", False, True, "Cohen-style loop, fp32 + malloc tunables"),
+    "rrcm-auto-malloc": ("rrcm", "auto", False, True, "rrcm Smooth --precision auto + malloc tunables (the CLI default)"),
 }
 DEFAULT_CONFIGS = ("baseline", "rrcm-fp32", "rrcm-bf16-cl", "rrcm-bf16-cl-malloc")
 HEADLINE = ("rrcm-bf16-cl-malloc", "baseline")
@@ -151,6 +155,25 @@ def wait_for_idle(limit_s: float) -> float:
     return time.perf_counter() - t0
 
 
+def rrcm_source() -> dict:
+    """Which rrcm a worker imported: its folder and, when that is a git checkout, the commit and whether
+    the smoothing code has uncommitted changes."""
+    import rrcm
+
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(rrcm.__file__)))
+    info = {"path": folder, "commit": None, "smoothing_modified": None}
+    try:
+        commit = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            info["commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--", "rrcm/smoothing"],
+                                    capture_output=True, text=True, timeout=10)
+            info["smoothing_modified"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 def run_worker(args: argparse.Namespace) -> dict:
     import torch
 
@@ -173,10 +196,16 @@ def run_worker(args: argparse.Namespace) -> dict:
         # As the certification runner does: model weights and inputs both in channels_last.
         model = model.to(memory_format=torch.channels_last)
 
+    auto = None
     if impl == "cohen":
         def sample(num: int, key: int):
             return cohen_sample_noise(model, x, num, args.batch_size, args.sigma, NUM_CLASSES)
     else:
+        if precision == "auto":
+            from rrcm.smoothing.precision import choose_precision
+
+            auto = choose_precision(model, SHAPE, args.batch_size, "cpu", channels_last=channels_last, use_cache=False)
+            precision = auto.precision
         smooth = Smooth(model, NUM_CLASSES, args.sigma, seed=args.seed, precision=precision,
                         channels_last=channels_last)
 
@@ -227,6 +256,8 @@ def run_worker(args: argparse.Namespace) -> dict:
         "description": description,
         "implementation": impl,
         "precision": precision,
+        "precision_auto": None if auto is None else auto.reason,
+        "rrcm": rrcm_source(),
         "channels_last": channels_last,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "batch_size": args.batch_size,
@@ -462,6 +493,22 @@ def main(argv: list[str] | None = None) -> int:
     print(file=sys.stderr)
 
     ratios = print_table(results, args.model_list, args.config_list)
+    # Like for like: every rrcm configuration against the baseline with the same malloc setting.
+    same_malloc: dict[str, dict[str, float]] = {}
+    for model in args.model_list:
+        rows = {r["config"]: r for r in results if r["model"] == model}
+        for config, r in rows.items():
+            base = rows.get("baseline-malloc" if CONFIGS[config][3] else "baseline")
+            if r["implementation"] == "rrcm" and base is not None:
+                same_malloc.setdefault(model, {})[config] = r["samples_per_s_median"] / base["samples_per_s_median"]
+    if any(CONFIGS[c][3] for c in args.config_list) and "baseline-malloc" in args.config_list:
+        for model, by_config in same_malloc.items():
+            print(f"{model}: against the baseline with the same malloc setting: "
+                  + ", ".join(f"{c} {v:.2f}x" for c, v in by_config.items()))
+        print()
+    for r in results:
+        if r.get("precision_auto"):
+            print(f"{r['model']}/{r['config']}: auto chose {r['precision']}: {r['precision_auto']}")
     print("samples/s: median of the timed repeats (range in brackets); x baseline: ratio of medians; cores: CPU")
     print("cores this process used; elsewhere: most cores other processes kept busy during a repeat (should be ~0);")
     print("faults/batch: minor page faults per forward batch (mmap churn of large buffers).")
@@ -487,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["loadavg_at_end"] = list(os.getloadavg())
         meta["total_seconds"] = elapsed
         payload = {"meta": meta, "results": results, "ratios_to_baseline": ratios,
+                   "ratios_to_same_malloc_baseline": same_malloc,
                    "headline": {"config": top, "against": base, "target": TARGET_SPEEDUP, "ratios": headline}}
         try:
             with open(args.json, "w", encoding="utf-8") as f:
