@@ -2,6 +2,7 @@
 `.json` and its reuse on resume. No test here depends on how fast anything runs: the CPU flags and the
 measured seconds are injected."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -78,8 +79,16 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 
 @pytest.mark.parametrize("supported,expected", [(True, "bf16"), (False, "fp32")])
 def test_cuda_takes_bf16_when_supported_without_timing(supported, expected, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return supported
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     decision = precision.untimed_decision(torch.device("cuda", 0), flags=AVX2_ONLY)
+    assert asked == [False]  # an emulated bf16 (before compute capability 8.0) does not count
     assert decision.precision == expected and decision.seconds is None
 
 

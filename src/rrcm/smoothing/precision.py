@@ -6,15 +6,16 @@ fp32, and bf16 made LeNet-5 certification 5-7x slower there. Where the CPU has n
 depends on the model and the batch: large CNNs and ViTs run ~1.7-2.1x faster, a LeNet-5 slower (its
 convolutions are too small to pay for the casts). So the rule is:
 
-- CUDA: bf16 when the GPU supports it, else fp32; nothing is timed.
+- CUDA: bf16 when the GPU computes in bf16 natively (compute capability 8.0 and up), else fp32;
+  nothing is timed.
 - any other non-CPU device: fp32.
 - CPU without native bf16: fp32; nothing is timed.
 - CPU with native bf16: a short probe (`PROBE_BUDGET_S`) times forwards of the actual model on random
   inputs of the actual image shape, fp32 against bf16 autocast, alternating, one warm-up each, best of
   `PROBE_REPEATS`; bf16 is chosen only when its best forward takes at most `BF16_MARGIN` of fp32's,
   i.e. is at least 1.25x faster (fp32 is the more accurate arithmetic, so a tie or a gain within a short
-  probe's noise goes to it). The probe batch is the certification
-  batch, or smaller when one forward of it would not fit the budget. The decision is cached per machine,
+  probe's noise goes to it). The probe batch is the certification batch, or smaller when one forward
+  of it would not fit the budget. The decision is cached per machine,
   model, image shape, batch size and memory format in `<cache>/precision.json`, where `<cache>` is
   `$RRCM_CACHE`, else `$XDG_CACHE_HOME/rrcm`, else `~/.cache/rrcm`; a probe that ran while other
   processes kept more than `CONTENDED_CORES` busy (from /proc/stat) decides that run only, uncached.
@@ -121,9 +122,12 @@ def untimed_decision(device: torch.device | str, flags: Iterable[str] | None = N
     """The decision when nothing needs timing; None when only a probe can tell (CPU with native bf16)."""
     device = torch.device(device)
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return Decision("bf16", f"CUDA device {device} supports bf16")
-        return Decision("fp32", f"CUDA device {device} does not support bf16")
+        # Native bf16 only (compute capability 8.0 and up): torch would otherwise count an emulated one.
+        with torch.cuda.device(device):
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        if native:
+            return Decision("bf16", f"CUDA device {device} computes in bf16 natively")
+        return Decision("fp32", f"CUDA device {device} has no native bf16")
     if device.type != "cpu":
         return Decision("fp32", f"no bf16 rule for device type {device.type!r}")
     flags = cpu_flags() if flags is None else frozenset(flags)
