@@ -373,6 +373,34 @@ def test_a_run_that_fails_at_its_first_step_leaves_nothing(run, existing, tmp_pa
     assert sorted(p.name for p in tmp_path.rglob("*")) == (["out"] if existing else [])
 
 
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("enc") / "pre"
+    _pretrain(out)
+    return out / "encoder.safetensors"
+
+
+def _drop_a_block(state):
+    return {k: v for k, v in state.items() if not k.startswith("encoder.blocks.0.attn")}
+
+
+@pytest.mark.parametrize("damage", ["bit-flipped", "tensors-missing"])
+def test_finetuning_from_a_damaged_encoder_is_one_line_and_leaves_no_folder(damage, encoder, tmp_path, capsys):
+    # Real bad input that is found only when the model is built (after the run config is resolved and the
+    # output folder checked): before, the first trained on without a word and the second left config.json.
+    if damage == "bit-flipped":
+        bad = flip_bit(encoder, tmp_path / "enc.safetensors")
+    else:
+        bad = rewrite(encoder, tmp_path / "enc.safetensors", tensors=_drop_a_block,
+                      metadata=lambda m: {k: v for k, v in m.items() if k != WEIGHTS_DIGEST_KEY})
+    out = tmp_path / "run"
+    code = main(["finetune", "--pretrained", str(bad), "--sigma", "0.25", "--epochs", "1", "--batch-size", "256",
+                 "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "enc.safetensors" in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["pretrain", "--steps", "1"],
                                      ["train-denoiser", "--epochs", "1"]], ids=lambda c: c[0])
 def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(command, tmp_path, capsys, monkeypatch):
