@@ -466,3 +466,12 @@ def test_the_cli_names_the_failure_of_an_os_error_without_a_file_name(monkeypatc
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("rrcm: error: "), err
     assert "no file name" not in err and "No space left on device" in err, err
+
+
+def test_a_folder_given_as_a_checkpoint_is_named_a_folder(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match=r"checkpoint .*run is a folder; give the \.safetensors file in it"):
+        read_checkpoint_config(tmp_path / "run")
+    code = main(["certify", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "log.tsv")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "is a folder" in err and "not found" not in err, err

@@ -144,6 +144,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: dic
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read only the config of a checkpoint (cheap: the header, not the weights)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give the .safetensors file in it written by `rrcm train`")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (give the .safetensors file written by `rrcm train`)")
     try:
