@@ -475,3 +475,21 @@ def test_a_folder_given_as_a_checkpoint_is_named_a_folder(tmp_path, capsys):
     code = main(["certify", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "log.tsv")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "is a folder" in err and "not found" not in err, err
+
+
+def test_the_cli_names_the_reason_and_path_of_a_read_error_without_suggesting_a_write(monkeypatch, capsys):
+    import argparse
+
+    import rrcm.cli
+
+    def unreadable(args):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/data/train/cat/1.png")
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(command="report", run=unreadable)
+
+    monkeypatch.setattr(rrcm.cli, "build_parser", Parser)
+    code = main(["report", "x.tsv"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "rrcm: error: Permission denied: /data/train/cat/1.png; check its permissions", err

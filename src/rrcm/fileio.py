@@ -24,24 +24,29 @@ class OutputError(UserError, OSError):
     the reason and the fix) and still an `OSError`, for callers that only warn on an unwritable file."""
 
 
-def _hint(error: OSError) -> str:
+def _hint(error: OSError, *, writing: bool = True) -> str:
+    elsewhere = " or write elsewhere" if writing else ""  # not for an error that may come from a read
     if error.errno == errno.ENOSPC or error.errno == getattr(errno, "EDQUOT", None):
-        return "free some disk space or write elsewhere"
+        return f"free some disk space{elsewhere}"
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "check its permissions or write elsewhere"
+        return f"check its permissions{elsewhere}"
     if error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        return "a file stands where a folder is needed, or a folder where a file is; choose another path"
+        return "a file stands where a folder is needed, or a folder where a file is; " + \
+            ("choose another path" if writing else "check the path")
     return "check the path, its permissions and the free disk space"
 
 
 def describe_os_error(error: OSError) -> str:
-    """One line for an OSError rrcm did not anticipate: the reason, the path(s) if the system gave one."""
+    """One line for an OSError rrcm did not anticipate: the reason, the path(s) if the system gave one.
+    rrcm's own writes raise `OutputError` instead ("cannot write <path>: ..."); this one may come from a read
+    or a write, so its hint suggests neither."""
     reason = error.strerror or str(error) or type(error).__name__
+    hint = _hint(error, writing=False)
     if error.filename is not None and error.filename2 is not None:
-        return f"{reason}: {error.filename} -> {error.filename2}; {_hint(error)}"
+        return f"{reason}: {error.filename} -> {error.filename2}; {hint}"
     if error.filename is not None:
-        return f"{reason}: {error.filename}; {_hint(error)}"
-    return f"{reason} (the operating system named no file); {_hint(error)}"
+        return f"{reason}: {error.filename}; {hint}"
+    return f"{reason} (the operating system named no file); {hint}"
 
 
 def output_error(operation: str, path: str | os.PathLike, error: OSError) -> OutputError:
