@@ -1,9 +1,15 @@
 """Shared fixtures: small data and a tiny trained checkpoint, built once per test session."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# `--precision auto` caches its timing decisions under $XDG_CACHE_HOME/rrcm: tests get a cache of their
+# own (children inherit it), never the user's, and never one another session wrote.
+if not os.environ.get("RRCM_CACHE"):
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="rrcm-test-cache-")
 
 
 

@@ -96,7 +96,8 @@ def _existing_log(text: str, config: dict | None = None):
 
 def _completed_then_truncated(inputs, outputs, fx):
     """A finished run whose log then lost rows: its .json still says complete."""
-    code = main(["certify", "--checkpoint", str(fx["ckpt"]), "--n0", "10", "--n", "100", "--skip", "100",
+    code = main(["certify", "--checkpoint", str(fx["ckpt"]), "--precision", "fp32", "--n0", "10", "--n", "100",
+                 "--skip", "100",
                  "--out", str(outputs / "log.tsv"), "--quiet"])
     assert code == 0
     lines = (outputs / "log.tsv").read_text().splitlines(keepends=True)
@@ -154,7 +155,8 @@ CASES = [
     certify(setup=_existing_log(COHEN_HEADER, {"settings": {"n": 5}}), pattern=r"started with different",
             id="certify-out-exists-other-settings"),
     Case("certify-out-complete-but-rows-missing",
-         ["certify", "--checkpoint", "{ckpt}", "--n0", "10", "--n", "100", "--skip", "100", "--out",
+         ["certify", "--checkpoint", "{ckpt}", "--precision", "fp32", "--n0", "10", "--n", "100", "--skip", "100",
+          "--out",
           "{out}/log.tsv", "--quiet"], r"holds 4 rows but this run selects 5", _completed_then_truncated),
     # -- certify: options ---------------------------------------------------------------------------
     certify("--device", "cuda", pattern=r"sees no CUDA GPU; use --device cpu", id="certify-device-cuda")
@@ -321,7 +323,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, fixture_paths, tm
 def test_ignore_class_names_certifies_what_the_check_refuses(fixture_paths, tmp_path, capsys):
     renamed = _rewrite_config(fixture_paths["ckpt"], tmp_path / "renamed.safetensors",
                               _set("data.classes", [f"c{i}" for i in range(10)]))
-    argv = ["certify", "--checkpoint", str(renamed), "--n0", "10", "--n", "100", "--skip", "100", "--quiet"]
+    argv = ["certify", "--checkpoint", str(renamed), "--precision", "fp32", "--n0", "10", "--n", "100", "--skip",
+            "100", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "refused.tsv")]) == 2
     assert main([*argv, "--out", str(tmp_path / "log.tsv"), "--ignore-class-names"]) == 0
     assert len((tmp_path / "log.tsv").read_text().splitlines()) == 1 + 5

@@ -225,7 +225,8 @@ def test_dds_checkpoint_certifies_with_the_standard_runner(dds_checkpoint, tmp_p
     from rrcm.certlog import read_log
 
     log = tmp_path / "log.tsv"
-    code, out, err = run_cli(["certify", "--checkpoint", dds_checkpoint, "--n0", 10, "--n", 50, "--max-index", 4,
+    code, out, err = run_cli(["certify", "--checkpoint", dds_checkpoint, "--precision", "fp32", "--n0", 10, "--n", 50,
+                              "--max-index", 4,
                               "--batch-size", 60, "--quiet", "--out", log], capsys)
     assert code == 0, err
     rows = read_log(log)

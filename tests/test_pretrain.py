@@ -92,7 +92,8 @@ def finetuned(tmp_path_factory):
 def test_finetuned_checkpoint_certifies_with_nothing_else(finetuned, tmp_path, capsys):
     _, checkpoint = finetuned
     log = tmp_path / "log.tsv"
-    assert main(["certify", "--checkpoint", str(checkpoint), "--n0", "10", "--n", "100", "--skip", "100",
+    assert main(["certify", "--checkpoint", str(checkpoint), "--precision", "fp32", "--n0", "10", "--n", "100",
+                 "--skip", "100",
                  "--out", str(log), "--quiet"]) == 0
     settings = json.loads((tmp_path / "log.tsv.json").read_text())["settings"]
     assert settings["sigma"] == 0.5 and len(log.read_text().splitlines()) == 1 + 5

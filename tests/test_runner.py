@@ -210,7 +210,8 @@ def test_log_agrees_with_an_independent_recomputation_from_its_own_columns(refer
 @pytest.mark.slow
 def test_torchrun_two_processes_shard_and_merge(reference_log, tiny_checkpoint, tmp_path, cli_env):
     out = tmp_path / "dist.tsv"
-    args = ["certify", "--checkpoint", str(tiny_checkpoint), "--N0", "20", "--N", "300", "--batch-size", "128",
+    args = ["certify", "--checkpoint", str(tiny_checkpoint), "--precision", "fp32", "--N0", "20", "--N", "300",
+            "--batch-size", "128",
             "--seed", "5", "--skip", "25", "--sigma", "0.5", "--device", "cpu", "--out", str(out), "--quiet"]
     torchrun(["-m", "rrcm", *args], tmp_path / "logs", env=cli_env)  # fails with every rank's output
     assert log_rows(out) == log_rows(reference_log)
@@ -226,7 +227,8 @@ def test_interrupted_single_process_run_resumes_under_torchrun(model_and_data, r
     with pytest.raises(KeyboardInterrupt):
         certify_dataset(model, Interrupting(data, 8), SETTINGS, out, ctx=CPU, checkpoint_path=tiny_checkpoint,
                         data_source={"name": "digits", "split": "test", "root": None}, progress=False)
-    args = ["certify", "--checkpoint", str(tiny_checkpoint), "--N0", "20", "--N", "300", "--batch-size", "128",
+    args = ["certify", "--checkpoint", str(tiny_checkpoint), "--precision", "fp32", "--N0", "20", "--N", "300",
+            "--batch-size", "128",
             "--seed", "5", "--skip", "25", "--sigma", "0.5", "--device", "cpu", "--out", str(out), "--quiet"]
     torchrun(["-m", "rrcm", *args], tmp_path / "logs", env=cli_env)  # fails with every rank's output
     assert log_rows(out) == log_rows(reference_log)
