@@ -215,6 +215,8 @@ CASES = [
          r"layer decay"),
     # -- pretrain -----------------------------------------------------------------------------------
     Case("pretrain-batch-size-1", ["pretrain", "--batch-size", "1", "--out", "{out}/run"], r"at least 2"),
+    Case("pretrain-batch-larger-than-data", ["pretrain", "--batch-size", "4000", "--steps", "1", "--out", "{out}/run"],
+         r"--batch-size 4000 is larger than the 1297 training images"),
     Case("pretrain-steps-0", ["pretrain", "--steps", "0", "--out", "{out}/run"], r"steps must be at least 1"),
     Case("pretrain-ema-schedule", ["pretrain", "--ema-schedule", "cosine", "--out", "{out}/run"], r"EMA schedule"),
     Case("pretrain-temperature-0", ["pretrain", "--temperature", "0", "--out", "{out}/run"], r"temperature"),

@@ -232,3 +232,19 @@ def test_interrupted_single_process_run_resumes_under_torchrun(model_and_data, r
             "--seed", "5", "--skip", "25", "--sigma", "0.5", "--device", "cpu", "--out", str(out), "--quiet"]
     torchrun(["-m", "rrcm", *args], tmp_path / "logs", env=cli_env)  # fails with every rank's output
     assert log_rows(out) == log_rows(reference_log)
+
+
+def test_a_failed_write_of_the_log_names_the_file(model_and_data, tmp_path, tiny_checkpoint, monkeypatch):
+    """A full disk while rows are written: one line naming the part file, not a bare OSError."""
+    import errno
+    import os as os_module
+
+    model, data = model_and_data
+    path = tmp_path / "log.tsv"
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os_module, "fsync", full_disk)
+    with pytest.raises(UserError, match=r"cannot write .*log\.tsv\.part-rank0: No space left on device"):
+        certify_dataset(model, data, SETTINGS, path, ctx=CPU, checkpoint_path=tiny_checkpoint, progress=False)

@@ -27,7 +27,7 @@ from .. import __version__
 from ..certlog import format_row, header_line, read_log
 from ..distributed import DistContext, barrier
 from ..errors import UserError
-from ..fileio import atomic_path, write_json_atomic
+from ..fileio import atomic_path, output_error, write_json_atomic
 from . import stats
 from .noise import SELECTION
 from .precision import resolve_run_precision
@@ -222,23 +222,34 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
     if ctx.is_main and done:
         bar.write(f"resuming: {len(done)} of {len(indices)} examples already certified")
     started = time.perf_counter()
-    with open(part_path, "a", encoding="utf-8") as out:
+    def append(out, text: str) -> None:
+        """Write, flush and sync one line, so an interruption loses at most the example in flight."""
+        try:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        except OSError as e:  # a full disk, a removed folder...: say which file
+            raise output_error("write", part_path, e) from None
+
+    try:
+        out = open(part_path, "a", encoding="utf-8")
+    except OSError as e:
+        raise output_error("write", part_path, e) from None
+    with out:
         if new_file:
-            out.write(header_line())
+            append(out, header_line())
         for count, i in enumerate(mine, start=1):
             t0 = time.perf_counter()
             x, label = dataset[i]
             cert = smoothed.certify_with_details(x.to(ctx.device), settings.n0, settings.n, settings.alpha,
                                                  settings.batch_size, idx=i)
             seconds = time.perf_counter() - t0
-            out.write(format_row({
+            append(out, format_row({
                 "idx": i, "label": int(label), "predict": cert.prediction, "radius": cert.radius,
                 "correct": int(cert.prediction == int(label)), "time": seconds, "cA": cert.selected,
                 "nA": cert.count_selected, "n0": settings.n0, "n": settings.n, "sigma": settings.sigma,
                 "alpha": settings.alpha, "seed": settings.seed, "pA_lower": cert.p_lower,
             }))
-            out.flush()
-            os.fsync(out.fileno())
             # Every process advances the shared bar by its world size: an estimate, shown by rank 0.
             bar.update(min(ctx.world_size, len(remaining) - bar.n))
             rate = count * samples_per_example / (time.perf_counter() - started)

@@ -190,6 +190,10 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
     ctx = ctx or init_distributed(cfg.device)
     cfg.validate(ctx.world_size)
     dataset = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)
+    if len(dataset) < cfg.batch_size:
+        # every step takes one full global batch of distinct images; a smaller set would train on less
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images of "
+                        f"{cfg.data}; use --batch-size {len(dataset)} or less")
     run_config = resolve_pretrain_config(cfg, dataset.info)
     final_path = out_dir / ENCODER_FILE
     if final_path.exists():
