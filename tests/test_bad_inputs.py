@@ -23,6 +23,7 @@ import torch
 from rrcm.checkpoint import read_checkpoint_config, save_checkpoint
 from rrcm.cli import main
 from rrcm.models import build_model
+from tests.helpers.configs import setter
 
 
 # -- fixtures: one tiny classifier and one tiny encoder, built once -------------------------------
@@ -116,14 +117,7 @@ def _ckpt_variant(name, edit=None, raw=None, flip=False, source="ckpt"):
     return setup
 
 
-def _set(path: str, value):
-    def edit(config):
-        node = config
-        *parents, last = path.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return edit
+_set = setter
 
 
 def _write(name: str, content: bytes | str):

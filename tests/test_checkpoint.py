@@ -21,6 +21,7 @@ from rrcm.cli import main
 from rrcm.errors import UserError
 from rrcm.fileio import write_json_atomic, write_text_atomic
 from rrcm.models import build_model, model_config
+from tests.helpers.configs import setter
 
 WEIGHTS_DIGEST_KEY = "rrcm_weights_sha256"  # the metadata key documented in rrcm.checkpoint
 
@@ -211,14 +212,7 @@ def test_a_training_state_missing_a_tensor_or_with_an_extra_one_is_refused(edit,
 
 # -- the config's types -------------------------------------------------------------------------
 
-def _set(dotted: str, value):
-    def edit(config):
-        node = config
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
-    return edit
+_set = setter
 
 
 BAD_CONFIGS = [

@@ -33,18 +33,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SRC = str(Path(rrcm.__file__).resolve().parents[1])  # the rrcm this test imported, for subprocesses
 
 
-def shared(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "rrcm-cache"
-    monkeypatch.setenv("RRCM_CACHE", str(cache))
-    return cache / "data"
+from tests.test_data import private_cache, shared  # noqa: E402,F401  (autouse: every test its own cache)
 
 
 def png(width: int = 32, height: int = 32, seed: int = 0) -> bytes:

@@ -224,20 +224,7 @@ def test_dry_run_description_times_nothing(monkeypatch):
 
 # -- a certification run ---------------------------------------------------------------------------
 
-class Interrupting(torch.utils.data.Dataset):
-    """Raises KeyboardInterrupt on the k-th example fetched."""
-
-    def __init__(self, dataset, k):
-        self.dataset, self.k, self.calls, self.info = dataset, k, 0, dataset.info
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        self.calls += 1
-        if self.calls == self.k:
-            raise KeyboardInterrupt
-        return self.dataset[i]
+from tests.test_runner import Interrupting  # noqa: E402  (one copy of the Ctrl-C stand-in)
 
 
 AUTO = CertifySettings(sigma=0.5, n0=10, n=100, alpha=0.001, batch_size=64, seed=3, skip=50, precision="auto")
