@@ -29,7 +29,6 @@ from rrcm.data import DATASETS, load_dataset, probe_dataset
 from rrcm.data import cifar10, imagefolder, mnist
 from rrcm.errors import UserError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SRC = str(Path(rrcm.__file__).resolve().parents[1])  # the rrcm this test imported, for subprocesses
 
 
