@@ -357,5 +357,5 @@ def test_help_says_what_was_measured_where(capsys):
     with pytest.raises(SystemExit):
         main(["certify", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "auto (default)" in text and "AVX2-only" in text and "avx512_bf16" in text
+    assert "auto (default)" in text and "AVX2-only" in text and "avx512_bf16" in text and "AMD EPYC" in text
     assert "~2×" not in text
