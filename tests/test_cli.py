@@ -11,6 +11,7 @@ from rrcm.checkpoint import read_checkpoint_config, save_checkpoint
 from rrcm.cli import main
 from rrcm.models import build_model
 from tests.helpers.cli import assert_one_line_error, run_cli
+from tests.test_data_safety import no_decoding  # noqa: F401  (fixture: any image decode fails the test)
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +184,7 @@ DRY_RUNS = [
 
 
 @pytest.mark.parametrize("argv", DRY_RUNS, ids=[" ".join(a[:3]) for a in DRY_RUNS])
-def test_dry_runs_of_paper_presets_decode_no_image(argv, shared_dir, tmp_path, monkeypatch, capsys):
-    from PIL import Image
-
-    from rrcm.data import cifar10, imagefolder
-
-    def decoded(*args, **kwargs):
-        raise AssertionError("a dry run decoded an image or read a batch's pixels")
-
-    for owner, name in ((Image, "open"), (imagefolder, "decode_image"), (cifar10, "read_batch")):
-        monkeypatch.setattr(owner, name, decoded)
+def test_dry_runs_of_paper_presets_decode_no_image(argv, shared_dir, tmp_path, monkeypatch, capsys, no_decoding):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data = shared_dir / "data"
     fill = {"cifar_jpeg": data / "cifar10-jpeg", "mnist": data / "mnist",
@@ -204,8 +196,7 @@ def test_dry_runs_of_paper_presets_decode_no_image(argv, shared_dir, tmp_path, m
     assert not (tmp_path / "run").exists()
 
 
-def test_certify_dry_run_on_real_data_decodes_no_image_and_counts(shared_dir, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_certify_dry_run_on_real_data_decodes_no_image_and_counts(shared_dir, tmp_path, capsys, no_decoding):
     from rrcm.checkpoint import read_checkpoint_config
 
     # a CIFAR-10 classifier that was never trained: the dry run needs its config only
@@ -216,15 +207,6 @@ def test_certify_dry_run_on_real_data_decodes_no_image_and_counts(shared_dir, tm
     config = {"kind": "classifier", "sigma": 0.25, "data": {"name": "cifar10"}, "model": arch}
     checkpoint = tmp_path / "c.safetensors"
     save_checkpoint(checkpoint, build_model(arch), config)
-    from PIL import Image
-
-    from rrcm.data import cifar10, imagefolder
-
-    def decoded(*args, **kwargs):
-        raise AssertionError("a dry run decoded an image or read a batch's pixels")
-
-    for owner, name in ((Image, "open"), (imagefolder, "decode_image"), (cifar10, "read_batch")):
-        monkeypatch.setattr(owner, name, decoded)
     code, out, err = run_cli(["certify", "--checkpoint", checkpoint, "--data-root", shared_dir / "data" / "cifar10-jpeg",
                               "--skip", "100", "--out", tmp_path / "log.tsv", "--dry-run"], capsys)
     assert code == 0, err
