@@ -54,16 +54,39 @@ def test_predict_binomial_test_exact_values():
     assert stats.top_two_pvalue(0, 0) == 1.0
 
 
+# The whole message is compared: it is what a user reads, and it must name the problem and the fix.
 @pytest.mark.parametrize("n0,n,alpha,sigma,message", [
-    (100, 100_000, 0.001, 0.0, "sigma must be a positive"),
-    (100, 100_000, 0.001, -0.5, "sigma must be a positive"),
-    (100, 100_000, 0.001, math.nan, "sigma must be a positive"),
-    (100, 100_000, 0.0, 0.5, "alpha must be in"),
-    (100, 100_000, 1.0, 0.5, "alpha must be in"),
-    (1000, 100, 0.001, 0.5, "n0 .* is larger than n"),
-    (5, 9, 0.001, 0.5, "can never certify at alpha = 0.001.*n >= 10"),
-    (0, 100, 0.001, 0.5, "n0 must be at least 1"),
+    (100, 100_000, 0.001, 0.0, "sigma must be a positive number, got 0.0; use e.g. --sigma 0.25"),
+    (100, 100_000, 0.001, -0.5, "sigma must be a positive number, got -0.5; use e.g. --sigma 0.25"),
+    (100, 100_000, 0.001, math.nan, "sigma must be a positive number, got nan; use e.g. --sigma 0.25"),
+    (100, 100_000, 0.001, math.inf, "sigma must be a positive number, got inf; use e.g. --sigma 0.25"),
+    (100, 100_000, 0.0, 0.5, "alpha must be in (0, 1), got 0.0; the usual value is 0.001"),
+    (100, 100_000, 1.0, 0.5, "alpha must be in (0, 1), got 1.0; the usual value is 0.001"),
+    (1000, 100, 0.001, 0.5, "n0 (1000) is larger than n (100): selection should use fewer samples than "
+                            "estimation; use e.g. --n0 100 --n 100000"),
+    (5, 9, 0.001, 0.5, "n = 9 can never certify at alpha = 0.001: even if all samples agree the lower bound "
+                       "stays below 1/2; use n >= 10 (typically 100000)"),
+    # n = 1 is a count (it passes the n >= 1 check) that can never certify
+    (1, 1, 0.001, 0.5, "n = 1 can never certify at alpha = 0.001: even if all samples agree the lower bound "
+                       "stays below 1/2; use n >= 10 (typically 100000)"),
+    (0, 100, 0.001, 0.5, "n0 must be at least 1, got 0; the usual value is 100"),
+    (0, 0, 0.001, 0.5, "n0 must be at least 1, got 0; the usual value is 100"),
+    (1, 0, 0.001, 0.5, "n must be at least 1, got 0; the usual value is 100000"),
 ])
 def test_invalid_settings_name_the_problem(n0, n, alpha, sigma, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError) as error:
         stats.validate_certify_settings(n0, n, alpha, sigma)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("n0,n,alpha", [(1, 10, 0.001), (10, 10, 0.001), (1, 7, 0.01), (100, 100_000, 0.5)])
+def test_settings_at_the_edges_are_accepted(n0, n, alpha):
+    stats.validate_certify_settings(n0, n, alpha, 1e-9)  # smallest counts, n0 = n, tiny sigma: all valid
+
+
+def test_clopper_pearson_names_impossible_counts():
+    with pytest.raises(ValueError) as error:
+        stats.clopper_pearson_lower(11, 10, 0.001)
+    assert str(error.value) == "need 0 <= successes <= trials, got 11, 10"
+    with pytest.raises(ValueError):
+        stats.clopper_pearson_lower(-1, 10, 0.001)

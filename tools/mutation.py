@@ -40,6 +40,14 @@ def mutmut(*args: str, timeout: float | None = None, check: bool = True) -> subp
                           timeout=timeout, check=check)
 
 
+def mutmut_env() -> dict:
+    """mutmut forks each mutant's test process from a parent that has already run the suite once. A
+    parent with torch's OpenMP thread pool running forks children that wait forever on a lock one of
+    those threads held (seen: every child asleep in futex_wait, no CPU used). One thread per process
+    avoids the pool, and with one process per core it loses nothing."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RRCM_NO_REEXEC="1")
+
+
 def parse_name(name: str) -> tuple[str, str]:
     """(module, function) of a mutmut mutant name such as rrcm.smoothing.stats.x_radius__mutmut_3."""
     module, _, rest = name.partition(".x")
@@ -83,8 +91,8 @@ def run(args) -> int:
         # mutmut exits non-zero when mutants survive; that is a result, not a failure of this script
         patterns = [f"{module}.x*" for module in args.modules]  # mutmut's mutant names start module.x
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *patterns],
-                       cwd=ROOT, timeout=args.time_limit, stdout=subprocess.DEVNULL if args.quiet else None,
-                       check=False)
+                       cwd=ROOT, env=mutmut_env(), timeout=args.time_limit,
+                       stdout=subprocess.DEVNULL if args.quiet else None, check=False)
     except subprocess.TimeoutExpired:
         timed_out = True
     minutes = (datetime.datetime.now() - started).total_seconds() / 60
