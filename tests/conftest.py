@@ -36,12 +36,9 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A LeNet-5 trained for two epochs on digits with Gaussian noise σ = 0.5 (seconds on a CPU)."""
-    from rrcm.train.config import TrainConfig
-    from rrcm.train.loop import train_classifier
+    from tests.helpers.fixture_cache import fixture_path
 
-    out = tmp_path_factory.mktemp("tiny_ckpt")
-    cfg = TrainConfig(data="digits", arch="lenet5", sigma=0.5, epochs=2, batch_size=64, lr=0.05, device="cpu")
-    return train_classifier(cfg, out, progress=False)
+    return fixture_path("tiny_checkpoint", tmp_path_factory.mktemp("tiny_ckpt"))
 
 
 @pytest.fixture

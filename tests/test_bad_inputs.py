@@ -29,12 +29,9 @@ from tests.helpers.configs import setter
 # -- fixtures: one tiny classifier and one tiny encoder, built once -------------------------------
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> Path:
-    from rrcm.train.pretrain import PretrainConfig, pretrain
+    from tests.helpers.fixture_cache import fixture_path
 
-    cfg = PretrainConfig(data="digits", arch_options={"size": "digits"}, steps=2, batch_size=16, warmup_steps=1,
-                         projector_hidden=32, projector_dim=16, blur=False, device="cpu", checkpoint_every=2,
-                         log_every=1)
-    return pretrain(cfg, tmp_path_factory.mktemp("enc"), progress=False)
+    return fixture_path("tiny_encoder", tmp_path_factory.mktemp("enc"))
 
 
 def _rewrite_config(source: Path, target: Path, edit: Callable[[dict], None]) -> Path:

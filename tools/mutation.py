@@ -31,6 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCEPTED = ROOT / "tools" / "mutation_accepted.yaml"
+FIXTURE_CACHE = ROOT / "mutants" / "fixture-cache"
 KILLED = {"killed", "caught by type check", "segfault"}  # the suite noticed
 # a timeout may be a mutant that loops forever or a slow machine: reported apart, never counted as killed
 
@@ -45,7 +46,16 @@ def mutmut_env() -> dict:
     parent with torch's OpenMP thread pool running forks children that wait forever on a lock one of
     those threads held (seen: every child asleep in futex_wait, no CPU used). One thread per process
     avoids the pool, and with one process per core it loses nothing."""
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RRCM_NO_REEXEC="1")
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RRCM_NO_REEXEC="1",
+                RRCM_TEST_FIXTURE_CACHE=str(FIXTURE_CACHE))
+
+
+def build_fixtures() -> None:
+    """Train the tests' tiny models once, with the unmutated code, for every mutant's test process to copy
+    (tests/helpers/fixture_cache.py); without this each of them trains its own."""
+    env = dict(mutmut_env(), PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    subprocess.run([sys.executable, "-m", "tests.helpers.fixture_cache", str(FIXTURE_CACHE)], cwd=ROOT, env=env,
+                   check=True)
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -84,6 +94,8 @@ def match_accepted(entries: list[dict], module: str, function: str, removed: lis
 def run(args) -> int:
     if not args.resume:
         shutil.rmtree(ROOT / "mutants", ignore_errors=True)
+    if not FIXTURE_CACHE.is_dir():
+        build_fixtures()
     env_note = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     started = datetime.datetime.now()
     timed_out = False
