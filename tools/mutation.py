@@ -61,8 +61,8 @@ def build_fixtures() -> None:
 def parse_name(name: str) -> tuple[str, str]:
     """(module, function) of a mutmut mutant name such as rrcm.smoothing.stats.x_radius__mutmut_3."""
     module, _, rest = name.partition(".x")
-    # class methods are spelled xǁClassǁmethod
-    rest = rest.lstrip("_")
+    # functions are spelled x_name (x__name for _name), class methods xǁClassǁmethod
+    rest = rest[1:] if rest.startswith("_") else rest
     function = rest.rsplit("__mutmut_", 1)[0].replace("ǁ", ".").strip(".")
     return module, function
 
