@@ -215,30 +215,60 @@ def test_a_training_state_missing_a_tensor_or_with_an_extra_one_is_refused(edit,
 _set = setter
 
 
+POSITIVE_FINITE = "a positive finite number (or null for a classifier without σ)"
+POSITIVE_INTEGER = "a positive integer"
+KNOWN_ARCHS = "cifar_resnet, cifar_resnet110, cifar_resnet20, ddpm_unet, dds, lenet, lenet5, rrcm_vit, vit"
+
+# (field, value, what the message says it must be, how it shows the value)
 BAD_CONFIGS = [
-    ("sigma", "abc"), ("sigma", [1]), ("sigma", -1), ("sigma", 0), ("sigma", math.inf), ("sigma", math.nan),
-    ("sigma", True), ("model", "x"), ("model", [1]), ("model.arch", 5), ("model.arch", "resnet9000"),
-    ("model.num_classes", "10"), ("model.image_size", 0), ("model.in_channels", 1.5), ("kind", 3),
-    ("data", "digits"), ("data.name", 5), ("data.classes", "0123456789"), ("data.classes", [0, 1]),
-    ("data.num_classes", "10"), ("data.image_size", -8), ("data.channels", True), ("data.in_channels", "1"),
-    ("data.mean", "0.5"), ("data.std", [0.2, "x"]),
+    ("sigma", "abc", POSITIVE_FINITE, '"abc"'), ("sigma", [1], POSITIVE_FINITE, "[1]"),
+    ("sigma", -1, POSITIVE_FINITE, "-1"), ("sigma", 0, POSITIVE_FINITE, "0"),
+    ("sigma", math.inf, POSITIVE_FINITE, "Infinity"), ("sigma", math.nan, POSITIVE_FINITE, "NaN"),
+    ("sigma", True, POSITIVE_FINITE, "true"), ("model", "x", "an object with an 'arch'", '"x"'),
+    ("model", [1], "an object with an 'arch'", "[1]"), ("model.arch", 5, "a string", "5"),
+    ("model.arch", "resnet9000", f"one of {KNOWN_ARCHS}", '"resnet9000"'),
+    ("model.num_classes", "10", POSITIVE_INTEGER, '"10"'), ("model.image_size", 0, POSITIVE_INTEGER, "0"),
+    ("model.in_channels", 1.5, POSITIVE_INTEGER, "1.5"), ("model.num_classes", True, POSITIVE_INTEGER, "true"),
+    ("kind", 3, "a string", "3"), ("data", "digits", "an object", '"digits"'), ("data.name", 5, "a string", "5"),
+    ("data.classes", "0123456789", "a list of class names (strings)", '"0123456789"'),
+    ("data.classes", [0, 1], "a list of class names (strings)", "[0, 1]"),
+    ("data.classes", ["0", 1], "a list of class names (strings)", '["0", 1]'),
+    ("data.num_classes", "10", POSITIVE_INTEGER, '"10"'), ("data.image_size", -8, POSITIVE_INTEGER, "-8"),
+    ("data.channels", True, POSITIVE_INTEGER, "true"), ("data.in_channels", "1", POSITIVE_INTEGER, '"1"'),
+    ("data.mean", "0.5", "a list of finite numbers", '"0.5"'),
+    ("data.std", [0.2, "x"], "a list of finite numbers", '[0.2, "x"]'),
+    ("data.std", [0.2, math.inf], "a list of finite numbers", "[0.2, Infinity]"),
+    # a value shown in up to 60 characters; a longer one cut to 57 and "..."
+    ("data.name", ["n" * 56], "a string", f'["{"n" * 56}"]'),  # 60 characters
+    ("data.name", ["n" * 57], "a string", f'["{"n" * 55}...'),  # 61
 ]
 
+FULL_DATA = {"name": "digits", "classes": [str(i) for i in range(10)], "num_classes": 10, "image_size": 8,
+             "channels": 1, "in_channels": 1, "mean": [0.3], "std": [0.4]}
 
-@pytest.mark.parametrize("field, value", BAD_CONFIGS, ids=[f"{f}={v!r}" for f, v in BAD_CONFIGS])
-def test_a_config_field_of_the_wrong_type_is_one_line_naming_the_file_and_field(field, value, checkpoint, tmp_path):
+
+def edit_config(checkpoint: Path, target: Path, edit) -> Path:
+    """Copy `checkpoint` with its config edited by `edit` (no rrcm validation on the way)."""
     def metadata(m):
         config = json.loads(m[CONFIG_KEY])
-        config["data"] = {"name": "digits", "classes": [str(i) for i in range(10)], "num_classes": 10,
-                          "image_size": 8, "channels": 1, "mean": [0.3], "std": [0.4]}
-        _set(field, value)(config)
+        edit(config)
         return {**m, CONFIG_KEY: json.dumps(config)}
 
-    bad = rewrite(checkpoint, tmp_path / "bad.safetensors", metadata=metadata)
+    return rewrite(checkpoint, target, metadata=metadata)
+
+
+@pytest.mark.parametrize("field, value, must, shown", BAD_CONFIGS, ids=[f"{f}={v!r}"[:40] for f, v, *_ in BAD_CONFIGS])
+def test_a_config_field_of_the_wrong_type_is_one_line_naming_the_file_and_field(field, value, must, shown, checkpoint,
+                                                                                tmp_path):
+    def edit(config):
+        config["data"] = dict(FULL_DATA)
+        _set(field, value)(config)
+
+    bad = edit_config(checkpoint, tmp_path / "bad.safetensors", edit)
     with pytest.raises(UserError) as info:
         read_checkpoint_config(bad)
-    message = str(info.value)
-    assert "\n" not in message and "bad.safetensors" in message and f"'{field}'" in message, message
+    assert str(info.value) == (f"checkpoint {bad} has a bad config: field '{field}' must be {must}, got {shown}; "
+                               "the file was edited or damaged: re-train or re-save it")
 
 
 def test_a_model_without_arch_is_refused(checkpoint, tmp_path):
@@ -247,19 +277,54 @@ def test_a_model_without_arch_is_refused(checkpoint, tmp_path):
         del config["model"]["arch"]
         return {**m, CONFIG_KEY: json.dumps(config)}
 
-    with pytest.raises(UserError, match=r"bad\.safetensors.*'model\.arch'"):
-        read_checkpoint_config(rewrite(checkpoint, tmp_path / "bad.safetensors", metadata=metadata))
+    bad = rewrite(checkpoint, tmp_path / "bad.safetensors", metadata=metadata)
+    with pytest.raises(UserError) as info:
+        read_checkpoint_config(bad)
+    assert str(info.value) == (f"checkpoint {bad} has a bad config: field 'model.arch' must be present (the "
+                               "architecture's name), got null; the file was edited or damaged: re-train or re-save it")
 
 
 def test_valid_configs_still_load(checkpoint, tmp_path):
-    # a clean classifier records sigma null; data may be absent (old files)
-    for name, edit in [("clean", _set("sigma", None)), ("integer-sigma", _set("sigma", 1))]:
-        def metadata(m, edit=edit):
-            config = json.loads(m[CONFIG_KEY])
-            edit(config)
-            return {**m, CONFIG_KEY: json.dumps(config)}
+    # a clean classifier records sigma null; data may be absent (old files) or recorded as null; each
+    # count may be 1, and each optional field may be absent
+    edits = {"clean": _set("sigma", None), "integer-sigma": _set("sigma", 1), "no-kind": lambda c: c.pop("kind"),
+             "full-data": _set("data", dict(FULL_DATA)), "data-without-optional-fields": _set("data", {}),
+             "ones": _set("data", {"num_classes": 1, "image_size": 1, "channels": 1, "in_channels": 1}),
+             "null-data": _set("data", None)}
+    for name, edit in edits.items():
+        config = read_checkpoint_config(edit_config(checkpoint, tmp_path / f"{name}.safetensors", edit))
+        expected = {"model": tiny_model()[1], "sigma": 0.5, "kind": "classifier"}
+        edit(expected)
+        if name == "null-data":
+            del expected["data"]  # unknown: as if absent
+        assert config == expected, name
 
-        read_checkpoint_config(rewrite(checkpoint, tmp_path / f"{name}.safetensors", metadata=metadata))
+
+def test_a_checkpoint_that_is_not_one_is_one_line_saying_why(checkpoint, tmp_path):
+    def refused(path: Path) -> str:
+        with pytest.raises(UserError) as info:
+            read_checkpoint_config(path)
+        return str(info.value)
+
+    missing = tmp_path / "nope.safetensors"
+    assert refused(missing) == f"checkpoint not found: {missing} (give the .safetensors file written by `rrcm train`)"
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"hello")
+    assert refused(garbage) == (f"cannot read checkpoint {garbage}: corrupt, truncated or not a safetensors file "
+                                "(Error while deserializing header: header too small); point to the model.safetensors "
+                                "written by rrcm, or copy it again")
+    foreign = rewrite(checkpoint, tmp_path / "foreign.safetensors", metadata=lambda m: {"format": "pt"})
+    assert refused(foreign) == (f"checkpoint {foreign} has no rrcm config in its metadata; "
+                                "only checkpoints written by rrcm can be loaded")
+    bare = rewrite(checkpoint, tmp_path / "bare.safetensors", metadata=lambda m: None)
+    assert refused(bare) == (f"checkpoint {bare} has no rrcm config in its metadata; "
+                             "only checkpoints written by rrcm can be loaded")
+    broken = rewrite(checkpoint, tmp_path / "broken.safetensors", metadata=lambda m: {**m, CONFIG_KEY: "{model"})
+    assert refused(broken) == f"checkpoint {broken} has a corrupt config; re-train or re-save it"
+    for name, config in [("list", [1]), ("no-model", {"sigma": 0.5})]:
+        path = rewrite(checkpoint, tmp_path / f"{name}.safetensors",
+                       metadata=lambda m, config=config: {**m, CONFIG_KEY: json.dumps(config)})
+        assert refused(path) == f"checkpoint {path} has no model config; re-train or re-save it"
 
 
 @pytest.mark.parametrize("field, value", [("sigma", "abc"), ("sigma", [1]), ("sigma", -1), ("model", {"arch": 5}),
