@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -56,6 +57,16 @@ def build_fixtures() -> None:
     env = dict(mutmut_env(), PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     subprocess.run([sys.executable, "-m", "tests.helpers.fixture_cache", str(FIXTURE_CACHE)], cwd=ROOT, env=env,
                    check=True)
+
+
+def mutant_diffs(names: list[str]) -> dict[str, str]:
+    """Each mutant's diff against the original, computed in one process (`mutmut show` per mutant costs a
+    second of start-up each)."""
+    script = ("import json, sys\nfrom mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+              "print(json.dumps({name: get_diff_for_mutant(name) for name in json.loads(sys.stdin.read())}))")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, input=json.dumps(names), capture_output=True,
+                            text=True, check=True)
+    return json.loads(result.stdout)
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -120,6 +131,7 @@ def run(args) -> int:
         return 1
 
     accepted = load_accepted()
+    diffs = mutant_diffs([name for name, status in statuses.items() if status not in KILLED | {"not checked", "timeout"}])
     per_module: dict[str, Counter] = defaultdict(Counter)
     survivors = []
     used_entries = set()
@@ -133,7 +145,7 @@ def run(args) -> int:
         if status in ("not checked", "timeout"):
             per_module[module][status] += 1
             continue
-        diff = mutmut("show", name, check=False).stdout
+        diff = diffs.get(name, "")
         removed, added = changed_lines(diff)
         entry = match_accepted(accepted, module, function, removed, added)
         kind = entry["kind"] if entry else "open"
