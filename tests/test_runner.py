@@ -118,7 +118,9 @@ def test_log_does_not_depend_on_batch_size(tmp_path):
 
 # Every setting that changes a number in the log, with another value for it.
 CHANGED_SETTINGS = [("sigma", 0.25), ("n0", 30), ("n", 400), ("alpha", 0.01), ("seed", 6), ("skip", 50),
-                    ("max_index", 300), ("precision", "bf16")]
+                    ("max_index", 300), ("precision", "bf16"), ("procedure", "sequential")]
+# a sequential run needs its goal (tests/test_sequential.py refuses every sequential setting on its own)
+NEEDED_WITH = {"procedure": {"target_radius": 0.5}}
 
 
 def test_every_result_setting_is_checked_on_resume():
@@ -141,7 +143,7 @@ def test_resume_with_other_settings_is_refused(key, value, interrupted, model_an
         for suffix in ("", ".json"):
             Path(f"{path}{suffix}").write_bytes(Path(f"{reference_log}{suffix}").read_bytes())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    other = CertifySettings(**{**SETTINGS.__dict__, key: value})
+    other = CertifySettings(**{**SETTINGS.__dict__, key: value, **NEEDED_WITH.get(key, {})})
     with pytest.raises(UserError, match=f"different {key}"):
         certify_dataset(model, data, other, path, ctx=CPU, checkpoint_path=tiny_checkpoint, progress=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

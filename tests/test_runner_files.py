@@ -179,6 +179,7 @@ def test_the_run_s_json_records_what_it_did(model_and_data, tmp_path):
         "data": {**data.info.to_dict(), "split": "test"},
         "subset": {"rule": "every skip-th index below max_index (Cohen et al.)", "count": 10,
                    "first": [0, 50, 100, 150, 200], "last": 450},
+        "procedure": {"procedure": "cohen", "n0": SETTINGS.n0, "n": SETTINGS.n, "alpha": SETTINGS.alpha},
         # all 300 samples agree: p̲ = alpha^(1/n)
         "max_radius": pytest.approx(0.5 * norm.ppf(0.001 ** (1 / 300)), rel=1e-12),
         "device": "cpu",
@@ -436,10 +437,11 @@ def test_the_progress_bar_counts_examples_and_noise_samples_per_second(model_and
     states = bar_states(err)
     assert states[0].startswith("certify σ=0.5:   0%|") and states[0].endswith("| 0/10 [00:00<?, ?img/s]")
     assert states[-1].startswith("certify σ=0.5: 100%|") and "| 10/10 [" in states[-1]
-    rates = [state for state in states if "noise samples/s" in state]
+    rates = [state for state in states if "samples/s" in state]
     assert len(rates) >= 10
     # (20 + 300) samples per example in 2 seconds, whatever the number of examples done
-    assert all(re.search(r"img/s, 160 noise samples/s\]$", state) for state in rates), rates
+    assert all(re.search(r"img/s, 30.0 certificates/min, 320 samples each, 160 samples/s\]$", state)
+               for state in rates), rates
     assert log_rows(path) == log_rows(reference_log)
     assert [line.split("\t")[5] for line in path.read_text().splitlines()[1:]] == ["0:00:02"] * 10
 
@@ -527,8 +529,9 @@ def test_rank_0_of_two_shows_its_own_rate_counts_both_and_names_what_rank_1_owes
                                 "re-run the same command to finish them")
     states = bar_states(capsys.readouterr().err)
     assert "| 9/9 [" in states[-1] and not any("10/9" in state for state in states)
-    rates = [state for state in states if "noise samples/s" in state]
-    assert rates and all(state.endswith("img/s, 160 noise samples/s (this process)]") for state in rates), rates
+    rates = [state for state in states if "samples/s" in state]
+    assert rates and all(state.endswith("img/s, 30.0 certificates/min, 320 samples each, 160 samples/s (this process)]")
+                         for state in rates), rates
     rows = [int(line.split("\t")[0]) for line in Path(f"{path}.part-rank0").read_text().splitlines()[1:]]
     assert rows == indices[0::2]
     # one process finishes the job

@@ -230,7 +230,8 @@ def test_a_lower_bound_of_exactly_one_half_certifies_radius_zero():
     # 10 of 10 samples at alpha = 2^-10: p̲ = alpha^(1/10) = 1/2 exactly, which Cohen's CERTIFY does not
     # abstain on (it abstains below 1/2): the class is returned with radius σ·Φ⁻¹(1/2) = 0.
     cert = Smooth(Constant(2), 2, 0.5).certify_with_details(torch.zeros(1, 2, 2), 5, 10, 2.0 ** -10, 10, idx=0)
-    assert cert == Certificate(prediction=1, radius=0.0, selected=1, count_selected=10, p_lower=0.5)
+    assert cert == Certificate(prediction=1, radius=0.0, selected=1, count_selected=10, p_lower=0.5, samples_used=10,
+                               count_selection=5)
     assert Smooth(Constant(2), 2, 0.5).certify(torch.zeros(1, 2, 2), 5, 10, 2.0 ** -10 * 0.999, 10, idx=0) == (-1, 0.0)
 
 

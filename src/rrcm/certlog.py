@@ -11,6 +11,13 @@ compatible; our extra columns follow, so the statistics can be recomputed offlin
 - `cA` is the class selected with the n0 selection samples (kept when predict = -1), `nA` the count
   of cA among the n estimation samples, `pA_lower` its one-sided Clopper-Pearson lower bound.
 
+A sequential certification (`rrcm certify --procedure sequential`) writes three more columns, after all
+of these: `n_used`, the estimation samples it actually drew (`n` is then its budget and `nA` counts cA
+among the `n_used`), `n0A`, the count of cA among the n0 selection samples (its confidence sequence may
+depend on it), and `pA_upper`, the sequence's upper bound at stopping (it only decided when to stop).
+`pA_lower` is then the sequence's lower bound, recomputable from (n0A, nA, n_used) and the settings
+in `<log>.json`.
+
 The writer lives in the runner; it builds rows with `header_line` and `format_row` from here.
 """
 
@@ -31,9 +38,10 @@ from rrcm.errors import UserError
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 EXTRA_COLUMNS = ("cA", "nA", "n0", "n", "sigma", "alpha", "seed", "pA_lower")
 LOG_COLUMNS = COHEN_COLUMNS + EXTRA_COLUMNS
+SEQUENTIAL_COLUMNS = LOG_COLUMNS + ("n_used", "n0A", "pA_upper")
 
-INT_COLUMNS = frozenset({"idx", "label", "predict", "correct", "cA", "nA", "n0", "n", "seed"})
-FLOAT_COLUMNS = frozenset({"radius", "sigma", "alpha", "pA_lower"})
+INT_COLUMNS = frozenset({"idx", "label", "predict", "correct", "cA", "nA", "n0", "n", "seed", "n_used", "n0A"})
+FLOAT_COLUMNS = frozenset({"radius", "sigma", "alpha", "pA_lower", "pA_upper"})
 TIME_COLUMN = "time"
 
 ABSTAIN = -1
@@ -325,6 +333,9 @@ def _check_rows(parsed: dict[str, np.ndarray], where: str, line_numbers: list[in
     fail_at(radius < 0, "column 'radius' must be >= 0")
     fail_at((predict == ABSTAIN) & (radius != 0), "an abstention (predict -1) must have radius 0")
     fail_at(correct != (predict == label), "column 'correct' disagrees with predict == label")
+    if {"nA", "n_used", "n"} <= parsed.keys():  # a sequential log: counts within the samples drawn
+        fail_at((parsed["nA"] < 0) | (parsed["nA"] > parsed["n_used"]), "column 'nA' must be within 0..n_used")
+        fail_at((parsed["n_used"] < 1) | (parsed["n_used"] > parsed["n"]), "column 'n_used' must be within 1..n")
 
     # Duplicate idx: report the second occurrence and where the first one was.
     order = np.argsort(idx, kind="stable")

@@ -96,11 +96,24 @@ def average_certified_radius(log: CertLog) -> float:
     return float(np.mean(log.radius * log.correct))
 
 
+def samples_per_certificate(log: CertLog) -> np.ndarray | None:
+    """Noise samples (forward passes) each row's certificate cost: n0 + n_used for a sequential log,
+    n0 + n for Cohen's fixed n; None for a log without those columns (e.g. a published Cohen log)."""
+    extras = log.extras
+    if "n0" not in extras or ("n_used" not in extras and "n" not in extras):
+        return None
+    return (extras["n0"] + extras["n_used" if "n_used" in extras else "n"]).astype(np.int64)
+
+
 def summarize(log: CertLog, radii) -> dict:
-    """The headline numbers of one log; certified accuracies keyed by `radius_key`."""
+    """The headline numbers of one log; certified accuracies keyed by `radius_key`. A sequential log's
+    summary also gives the mean and median samples per certificate."""
     radii = _as_radii(radii)
     keys = _radius_keys(radii)
     accuracies = certified_accuracy(log, radii)
+    samples = samples_per_certificate(log)
+    sample_numbers = {} if samples is None or len(samples) == 0 or "n_used" not in log.extras else {
+        "samples_mean": float(np.mean(samples)), "samples_median": float(np.median(samples))}
     return {
         "label": log.label,
         "sigma": log.sigma,
@@ -110,6 +123,7 @@ def summarize(log: CertLog, radii) -> dict:
         "acr": average_certified_radius(log),
         "certified_accuracy": {k: float(a) for k, a in zip(keys, accuracies)},
         "seconds_per_example": float(np.mean(log.seconds)),
+        **sample_numbers,
     }
 
 
@@ -216,10 +230,13 @@ _SCALAR_COLUMNS = (
     ("acr", "ACR", lambda v: f"{v:.3f}"),
 )
 _TIME_COLUMN = ("seconds_per_example", "s/example", lambda v: f"{v:.3g}")
+# only in tables with a sequential log (a fixed-n log's samples are its n0 + n, the same on every row)
+_SAMPLE_COLUMNS = (("samples_mean", "samples (mean)", lambda v: f"{v:,.0f}"),
+                   ("samples_median", "samples (median)", lambda v: f"{v:,.0f}"))
 _MISSING = "-"
 
 
-def _table_cells(summary: Mapping, keys: list[str]) -> tuple[list[object], list[str]]:
+def _table_cells(summary: Mapping, keys: list[str], extra_columns=()) -> tuple[list[object], list[str]]:
     """Raw values and their text forms for one row, in column order."""
     label = summary.get("label")
     if label is None:
@@ -240,10 +257,10 @@ def _table_cells(summary: Mapping, keys: list[str]) -> tuple[list[object], list[
     for key in keys:
         raw.append(accuracies[key])
         text.append(f"{100 * accuracies[key]:.1f}")
-    key, _, show = _TIME_COLUMN
-    value = summary.get(key)
-    raw.append(value)
-    text.append(_MISSING if value is None else show(value))
+    for key, _, show in (_TIME_COLUMN, *extra_columns):
+        value = summary.get(key)
+        raw.append(value)
+        text.append(_MISSING if value is None else show(value))
     return raw, text
 
 
@@ -264,7 +281,8 @@ def render_table(summaries: Iterable[Mapping], radii, fmt: str = "text") -> str:
         raise UserError(f"unknown table format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
     summaries = list(summaries)
     keys = _radius_keys(_as_radii(radii))
-    rows = [_table_cells(s, keys) for s in summaries]
+    extra = _SAMPLE_COLUMNS if any("samples_mean" in s for s in summaries) else ()
+    rows = [_table_cells(s, keys, extra) for s in summaries]
 
     if fmt == "json":
         out_rows = []
@@ -276,7 +294,7 @@ def render_table(summaries: Iterable[Mapping], radii, fmt: str = "text") -> str:
 
     if fmt == "csv":
         names = ["label", *(c[0] for c in _SCALAR_COLUMNS), *(f"acc@{k}" for k in keys),
-                 _TIME_COLUMN[0]]
+                 _TIME_COLUMN[0], *(c[0] for c in extra)]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(names)
@@ -286,7 +304,7 @@ def render_table(summaries: Iterable[Mapping], radii, fmt: str = "text") -> str:
         return buffer.getvalue()
 
     headings = ["label", *(c[1] for c in _SCALAR_COLUMNS), *(f"r={k}" for k in keys),
-                _TIME_COLUMN[1]]
+                _TIME_COLUMN[1], *(c[1] for c in extra)]
     texts = [text for _, text in rows]
     # for readers, a column that no row has (e.g. clean% in a table of envelopes) is left out;
     # csv and json above keep every column so that their schema does not depend on the rows

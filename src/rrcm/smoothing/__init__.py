@@ -1,6 +1,7 @@
 """Randomized smoothing: statistics, the smoothed classifier, and the dataset runner."""
 
-from .smooth import Certificate, Smooth
+from .procedures import Certificate, CohenCertify, SequentialCertify
+from .smooth import Smooth
 from . import stats
 
-__all__ = ["Certificate", "Smooth", "stats"]
+__all__ = ["Certificate", "CohenCertify", "SequentialCertify", "Smooth", "stats"]

@@ -1,4 +1,9 @@
-"""Certify a data set: one CERTIFY per example, one log row per example, resumable and shardable.
+"""Certify a data set: one certificate per example, one log row per example, resumable and shardable.
+
+The procedure (rrcm.smoothing.procedures: Cohen's CERTIFY by default, or the sequential one) decides what
+is sampled and concluded; this module only selects the examples, resumes, shards and merges. Cohen's runs
+certify one example at a time, as they always have; sequential runs pack the samples of several pending
+examples into each forward batch (`Smooth.run_packed`), since their small steps would waste a batch.
 
 Rows go to per-process part files (`<log>.part-rank<r>`) as they finish, flushed and synced, so an
 interrupted run loses at most the example in flight. Re-running the same command reads every part file,
@@ -24,13 +29,14 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..certlog import format_row, header_line, read_log
+from ..certlog import LOG_COLUMNS, SEQUENTIAL_COLUMNS, format_row, header_line, read_log
 from ..distributed import DistContext, barrier
 from ..errors import UserError
 from ..fileio import atomic_path, output_error, write_json_atomic
 from . import stats
 from .noise import SELECTION
 from .precision import resolve_run_precision
+from .procedures import CohenCertify, SequentialCertify
 from .smooth import Smooth
 
 PART_SUFFIX = ".part-rank"
@@ -48,9 +54,33 @@ class CertifySettings:
     max_index: int = -1  # Cohen's --max: stop at this dataset index (−1: no limit)
     precision: str = "fp32"
     channels_last: bool = False
+    procedure: str = "cohen"  # or "sequential": then n is the budget, and the settings below apply
+    target_radius: float | None = None
+    radii: tuple[float, ...] | None = None
+    step: int = 100
+    growth: float = 0.1
+    futility_alpha: float | None = 0.01
+    sequence: str = "centred"
+
+    def certification_procedure(self) -> CohenCertify | SequentialCertify:
+        if self.procedure == "cohen":
+            return CohenCertify(self.n0, self.n, self.alpha)
+        if self.procedure == "sequential":
+            radii = None if self.radii is None else tuple(sorted(set(self.radii)))
+            return SequentialCertify(self.n0, self.n, self.alpha, target_radius=self.target_radius, radii=radii,
+                                     step=self.step, growth=self.growth, futility_alpha=self.futility_alpha,
+                                     sequence=self.sequence)
+        raise UserError(f"unknown certification procedure {self.procedure!r}; choose cohen or sequential")
+
+    def log_columns(self) -> tuple[str, ...]:
+        return SEQUENTIAL_COLUMNS if self.procedure == "sequential" else LOG_COLUMNS
 
     def validate(self) -> None:
-        stats.validate_certify_settings(self.n0, self.n, self.alpha, self.sigma)
+        procedure = self.certification_procedure()
+        if self.procedure == "cohen" and (self.target_radius is not None or self.radii is not None):
+            raise UserError("--target-radius and --radii belong to --procedure sequential; Cohen's CERTIFY "
+                            "certifies whatever radius its n samples give")
+        procedure.validate(self.sigma)
         if self.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {self.batch_size}")
         if self.skip < 1:
@@ -59,8 +89,11 @@ class CertifySettings:
             raise UserError(f"--max-index must be a positive index bound or -1 (no bound), got {self.max_index}")
 
 
-# Settings that change the log's numbers; a resumed run must agree on all of them.
-RESULT_KEYS = ("sigma", "n0", "n", "alpha", "seed", "skip", "max_index", "precision")
+# Settings that change the log's numbers; a resumed run must agree on all of them (and on the sequential
+# ones when the procedure is sequential). Logs written before procedures existed were Cohen's.
+RESULT_KEYS = ("sigma", "n0", "n", "alpha", "seed", "skip", "max_index", "precision", "procedure")
+SEQUENTIAL_RESULT_KEYS = ("target_radius", "radii", "step", "growth", "futility_alpha", "sequence")
+_DEFAULTS = {"procedure": "cohen"}
 
 
 def select_indices(num_examples: int, skip: int, max_index: int) -> list[int]:
@@ -105,7 +138,9 @@ def _check_resumable(run_config_path: Path, run_config: dict[str, Any]) -> None:
         previous = json.loads(run_config_path.read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError(f"cannot read {run_config_path}; delete it and the log's part files to start over") from None
-    mismatched = [k for k in RESULT_KEYS if previous.get("settings", {}).get(k) != run_config["settings"][k]]
+    before, now = previous.get("settings", {}), run_config["settings"]
+    keys = RESULT_KEYS + (SEQUENTIAL_RESULT_KEYS if now["procedure"] == "sequential" else ())
+    mismatched = [k for k in keys if before.get(k, _DEFAULTS.get(k)) != now[k]]
     if previous.get("checkpoint_sha256") != run_config["checkpoint_sha256"]:
         mismatched.append("checkpoint")
     if previous.get("data") != run_config["data"]:
@@ -154,6 +189,7 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
                     data_source: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Certify `dataset[i]` for the selected indices and write the merged log; returns its path."""
     settings.validate()
+    procedure = settings.certification_procedure()
     log_path = Path(log_path)
     run_config_path = log_path.with_name(log_path.name + ".json")
     num_classes = dataset.info.num_classes
@@ -166,14 +202,15 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
         "command": "certify",
         "rrcm_version": __version__,
         "torch_version": torch.__version__,
-        "settings": asdict(settings),
+        "settings": json.loads(json.dumps(asdict(settings))),  # as it reads back (radii: a list)
         "precision_choice": {"requested": requested_precision, **precision.to_dict()},
         "checkpoint": str(checkpoint_path) if checkpoint_path else None,
         "checkpoint_sha256": file_sha256(checkpoint_path) if checkpoint_path else None,
         "data": {**dataset.info.to_dict(), **(data_source or {})},
         "subset": {"rule": "every skip-th index below max_index (Cohen et al.)", "count": len(indices),
                    "first": indices[:5], "last": indices[-1] if indices else None},
-        "max_radius": stats.max_certifiable_radius(settings.n, settings.alpha, settings.sigma),
+        "procedure": procedure.settings(),
+        "max_radius": procedure.max_radius(settings.sigma),
         "device": str(ctx.device),
         "world_size": ctx.world_size,
         "log": str(log_path),
@@ -216,14 +253,17 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
 
     part_path = Path(f"{log_path}{PART_SUFFIX}{ctx.rank}")
     new_file = not part_path.exists() or part_path.stat().st_size == 0
-    samples_per_example = settings.n0 + settings.n
+    columns = settings.log_columns()
     bar = tqdm(total=len(remaining), initial=0, desc=f"certify σ={settings.sigma}", unit="img",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
     if ctx.is_main and done:
         bar.write(f"resuming: {len(done)} of {len(indices)} examples already certified")
     started = time.perf_counter()
+    samples_drawn = 0
+    labels: dict[int, int] = {}
+
     def append(out, text: str) -> None:
-        """Write, flush and sync one line, so an interruption loses at most the example in flight."""
+        """Write, flush and sync one line, so an interruption loses at most the examples in flight."""
         try:
             out.write(text)
             out.flush()
@@ -231,33 +271,39 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
         except OSError as e:  # a full disk, a removed folder...: say which file
             raise output_error("write", part_path, e) from None
 
+    def examples():
+        for i in mine:
+            x, label = dataset[i]
+            labels[i] = int(label)
+            yield i, x.to(ctx.device)
+
     try:
         out = open(part_path, "a", encoding="utf-8")
     except OSError as e:
         raise output_error("write", part_path, e) from None
     with out:
         if new_file:
-            append(out, header_line())
-        for count, i in enumerate(mine, start=1):
-            t0 = time.perf_counter()
-            x, label = dataset[i]
-            cert = smoothed.certify_with_details(x.to(ctx.device), settings.n0, settings.n, settings.alpha,
-                                                 settings.batch_size, idx=i)
-            seconds = time.perf_counter() - t0
-            append(out, format_row({
-                "idx": i, "label": int(label), "predict": cert.prediction, "radius": cert.radius,
-                "correct": int(cert.prediction == int(label)), "time": seconds, "cA": cert.selected,
-                "nA": cert.count_selected, "n0": settings.n0, "n": settings.n, "sigma": settings.sigma,
-                "alpha": settings.alpha, "seed": settings.seed, "pA_lower": cert.p_lower,
-            }))
+            append(out, header_line(columns))
+        for count, (i, cert, seconds) in enumerate(_certificates(smoothed, procedure, examples(), settings), start=1):
+            label = labels.pop(i)
+            row = {"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius,
+                   "correct": int(cert.prediction == label), "time": seconds, "cA": cert.selected,
+                   "nA": cert.count_selected, "n0": settings.n0, "n": settings.n, "sigma": settings.sigma,
+                   "alpha": settings.alpha, "seed": settings.seed, "pA_lower": cert.p_lower}
+            if settings.procedure == "sequential":
+                row.update(n_used=cert.samples_used, n0A=cert.count_selection, pA_upper=cert.p_upper)
+            append(out, format_row(row, columns))
+            samples_drawn += settings.n0 + cert.samples_used
             # Every process advances the shared bar by its world size: an estimate, shown by rank 0.
             bar.update(min(ctx.world_size, len(remaining) - bar.n))
-            rate = count * samples_per_example / (time.perf_counter() - started)
-            bar.set_postfix_str(f"{rate:,.0f} noise samples/s" + (" (this process)" if ctx.enabled else ""))
+            elapsed = time.perf_counter() - started
+            bar.set_postfix_str(f"{60 * count / elapsed:,.1f} certificates/min, {samples_drawn / count:,.0f} "
+                                f"samples each, {samples_drawn / elapsed:,.0f} samples/s"
+                                + (" (this process)" if ctx.enabled else ""))
     bar.close()
     barrier(ctx)
     if ctx.is_main:
-        _merge_parts(log_path, indices)
+        _merge_parts(log_path, indices, columns)
         run_config["complete"] = True
         run_config["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
         write_json_atomic(run_config_path, run_config)
@@ -265,7 +311,19 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
     return log_path
 
 
-def _merge_parts(log_path: Path, indices: Sequence[int]) -> None:
+def _certificates(smoothed: Smooth, procedure, examples, settings: CertifySettings):
+    """(idx, certificate, seconds) for each example, in the order they finish."""
+    if isinstance(procedure, CohenCertify):
+        # one example at a time, as always: its n samples fill every batch by themselves
+        for i, x in examples:
+            t0 = time.perf_counter()
+            cert = smoothed.run(procedure, x, settings.batch_size, idx=i)
+            yield i, cert, time.perf_counter() - t0
+    else:
+        yield from smoothed.run_packed(procedure, examples, settings.batch_size)
+
+
+def _merge_parts(log_path: Path, indices: Sequence[int], columns: Sequence[str] = LOG_COLUMNS) -> None:
     """Merge the part files into `log_path` sorted by idx; refuse if any index is missing or doubled."""
     rows: dict[int, str] = {}
     for part in part_paths(log_path):
@@ -281,7 +339,7 @@ def _merge_parts(log_path: Path, indices: Sequence[int]) -> None:
                         "re-run the same command to finish them")
     with atomic_path(log_path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(header_line())
+            f.write(header_line(columns))
             f.writelines(rows[i] for i in sorted(rows))
     for part in part_paths(log_path):
         part.unlink()

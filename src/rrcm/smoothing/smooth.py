@@ -19,13 +19,16 @@ import contextlib
 import itertools
 import math
 import operator
-from dataclasses import dataclass
+import time
+from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import UserError
 from . import stats
-from .noise import ESTIMATION, PREDICTION, SELECTION, NoiseStream
+from .noise import PREDICTION, NoiseStream
+from .procedures import Certificate, CohenCertify, SequentialCertify
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -68,17 +71,6 @@ def _check_image(x, *, finite: bool = True) -> None:
                               "convert it, e.g. x.float() / 255 for uint8 pixels")
     if finite and not bool(torch.isfinite(x).all()):
         raise InvalidArgument("x contains NaN or infinite pixels")
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """Everything CERTIFY decided for one input, enough to recompute it offline."""
-
-    prediction: int  # cA, or −1 for abstain
-    radius: float  # 0.0 when abstaining
-    selected: int  # cA, the class chosen from the n0 selection samples
-    count_selected: int  # nA: how often cA came out of the n estimation samples
-    p_lower: float  # one-sided Clopper–Pearson lower bound on P(f(x+δ) = cA)
 
 
 class Smooth:
@@ -140,18 +132,121 @@ class Smooth:
                                   "estimation, e.g. n0 = 100, n = 100000")
         alpha = _check_alpha(alpha)
         batch_size = _count("batch_size", batch_size, 1)
+        return self.run(CohenCertify(n0, n, alpha), x, batch_size, idx=idx)
+
+    def certify_sequential(self, x: torch.Tensor, n0: int, n_max: int, alpha: float, batch_size: int, *,
+                           idx: int | None = None, target_radius: float | None = None,
+                           radii: Sequence[float] | None = None, **options) -> Certificate:
+        """Sequential, anytime-valid CERTIFY (`SequentialCertify`): the same kind of certificate from only the
+        estimation samples its decision needs, at most `n_max`; `Certificate.samples_used` says how many.
+
+        Give exactly one of `target_radius` (decide "robust at r") or `radii` (settle every radius of a grid).
+        `options` are SequentialCertify's (step, growth, futility_alpha, sequence).
+        """
+        _check_image(x)
+        n0 = _count("n0", n0, 1)
+        n_max = _count("n_max", n_max, 1)
+        if n0 > n_max:
+            raise InvalidArgument(f"n0 ({n0}) is larger than n_max ({n_max}): selection should use fewer samples "
+                                  "than estimation, e.g. n0 = 100, n_max = 100000")
+        alpha = _check_alpha(alpha)
+        batch_size = _count("batch_size", batch_size, 1)
+        radii = None if radii is None else tuple(sorted(set(float(r) for r in radii)))
+        procedure = SequentialCertify(n0, n_max, alpha, target_radius=None if target_radius is None else
+                                      float(target_radius), radii=radii, **options)
+        try:
+            procedure.validate(self.sigma)
+        except UserError as e:
+            raise InvalidArgument(str(e)) from None
+        return self.run(procedure, x, batch_size, idx=idx)
+
+    def run(self, procedure, x: torch.Tensor, batch_size: int, *, idx: int | None = None) -> Certificate:
+        """Drive one certification procedure (rrcm.smoothing.procedures) on `x`: draw the samples it asks for,
+        each stage from its own noise stream (selection before, and independent of, estimation), and return
+        its certificate. Arguments are the caller's to check (the public methods do)."""
         idx = self._resolve_idx(idx)
-        # Selection and estimation use separate noise streams: the class is chosen before, and
-        # independently of, the samples that test it.
-        counts_selection = self.sample_counts(x, n0, batch_size, idx=idx, stage=SELECTION)
-        selected = int(counts_selection.argmax())
-        counts_estimation = self.sample_counts(x, n, batch_size, idx=idx, stage=ESTIMATION)
-        count_selected = int(counts_estimation[selected])
-        p_lower = stats.clopper_pearson_lower(count_selected, n, alpha)
-        if p_lower < 0.5:
-            return Certificate(self.ABSTAIN, 0.0, selected, count_selected, p_lower)
-        return Certificate(selected, stats.radius_from_lower_bound(p_lower, self.sigma), selected,
-                           count_selected, p_lower)
+        state = procedure.start(self.sigma)
+        streams: dict[int, NoiseStream] = {}
+        with torch.no_grad(), self._eval_mode():
+            while (request := state.next_request()) is not None:
+                stage, count = request
+                if stage not in streams:
+                    streams[stage] = NoiseStream(tuple(x.shape), x.device, self.seed, idx, stage)
+                counts = self._sample_counts(x, count, batch_size, idx=idx, stage=stage, stream=streams[stage])
+                state.observe(counts.cpu().numpy())
+        return state.certificate()
+
+    def run_packed(self, procedure, examples: Iterable[tuple[int, torch.Tensor]], batch_size: int, *,
+                   max_pending: int = 64) -> Iterator[tuple[int, Certificate, float]]:
+        """Drive one procedure on many inputs at once, packing the samples that several pending inputs ask for
+        into shared forward batches of `batch_size` (kept full while inputs remain), and yield (idx,
+        certificate, seconds) as each finishes; seconds is its share of the forward batches' time.
+
+        Every input draws its samples from its own noise streams, in order, so its certificate is the one
+        `run(procedure, x, batch_size, idx=idx)` gives (for the default floating dtype, and a model whose
+        output for a sample does not depend on the others in its batch): packing changes the batches, not
+        the samples. `examples` yields (idx, x) with x of one shape on one device.
+        """
+        source = iter(examples)
+        pending: list[_Pending] = []
+        exhausted = False
+        buffer = buffer_cl = None
+        with torch.no_grad(), self._eval_mode():
+            while True:
+                # admit inputs until their requests fill a batch (or the cap is reached)
+                while not exhausted and len(pending) < max_pending and sum(p.left for p in pending) < batch_size:
+                    try:
+                        idx, x = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    entry = _Pending(int(idx), x, procedure.start(self.sigma))
+                    if entry.advance(self):
+                        pending.append(entry)
+                    else:  # a procedure that needs no samples
+                        yield entry.idx, entry.state.certificate(), 0.0
+                if not pending:
+                    return
+                # one forward batch: the next samples of each pending input, in order
+                segments, total = [], 0
+                for entry in pending:
+                    if total == batch_size:
+                        break
+                    k = min(entry.left, batch_size - total)
+                    segments.append((entry, total, k))
+                    total += k
+                if buffer is None:
+                    buffer = torch.empty((batch_size, *pending[0].x.shape), device=pending[0].x.device)
+                for entry, start, k in segments:
+                    view = entry.stream().take_into(buffer[start : start + k])
+                    view.mul_(self.sigma).add_(entry.x)
+                batch = buffer[:total]
+                if self.channels_last:
+                    if buffer_cl is None:
+                        buffer_cl = torch.empty_like(buffer, memory_format=torch.channels_last)
+                    batch = buffer_cl[:total].copy_(batch)
+                started = time.perf_counter()
+                with self._autocast(batch.device):
+                    logits = self.base_classifier(batch)
+                self._check_shape(logits, total)
+                if not bool(torch.isfinite(logits).all()):
+                    raise UserError(f"the model returned NaN or infinite logits (examples "
+                                    f"{', '.join(str(e.idx) for e, _, _ in segments)}); the checkpoint is broken: "
+                                    "retrain it or check the input data")
+                segment_of = torch.repeat_interleave(torch.arange(len(segments), device=batch.device),
+                                                     torch.tensor([k for _, _, k in segments], device=batch.device))
+                counts = torch.bincount(segment_of * self.num_classes + logits.argmax(dim=1),
+                                        minlength=len(segments) * self.num_classes)
+                counts = counts.view(len(segments), self.num_classes).cpu().numpy()
+                seconds = time.perf_counter() - started
+                finished = []
+                for (entry, _, k), segment_counts in zip(segments, counts):
+                    entry.seconds += seconds * k / total
+                    if not entry.receive(segment_counts, k, self):
+                        finished.append(entry)
+                for entry in finished:
+                    pending.remove(entry)
+                    yield entry.idx, entry.state.certificate(), entry.seconds
 
     @torch.no_grad()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, idx: int, stage: int) -> torch.Tensor:
@@ -175,9 +270,12 @@ class Smooth:
             for module, training in modes:
                 module.training = training
 
-    def _sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, idx: int, stage: int) -> torch.Tensor:
+    def _sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, idx: int, stage: int,
+                       stream: NoiseStream | None = None) -> torch.Tensor:
+        """Counts of the next `num` samples of `stream` (a fresh stream for (idx, stage) when None)."""
         device = x.device
-        stream = NoiseStream(tuple(x.shape), device, self.seed, idx, stage)
+        if stream is None:
+            stream = NoiseStream(tuple(x.shape), device, self.seed, idx, stage)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
         all_finite = torch.ones((), dtype=torch.bool, device=device)
         # One input buffer for every batch of this call: the noise is drawn into it and scaled and shifted
@@ -226,3 +324,40 @@ class Smooth:
     def _resolve_idx(self, idx: int | None) -> int:
         # Negative keys never collide with dataset indices.
         return int(idx) if idx is not None else -1 - next(self._call_counter)
+
+
+class _Pending:
+    """One input inside `Smooth.run_packed`: its procedure state, its noise streams and the request in hand."""
+
+    def __init__(self, idx: int, x: torch.Tensor, state):
+        self.idx, self.x, self.state = idx, x, state
+        self.streams: dict[int, NoiseStream] = {}
+        self.stage, self.left, self.counts, self.seconds = None, 0, None, 0.0
+
+    def stream(self) -> NoiseStream:
+        return self.streams[self.stage]
+
+    def advance(self, smooth: Smooth) -> bool:
+        """Take the state's next request; False when it has finished."""
+        request = self.state.next_request()
+        if request is None:
+            return False
+        self.stage, self.left = request
+        if self.stage not in self.streams:
+            self.streams[self.stage] = NoiseStream(tuple(self.x.shape), self.x.device, smooth.seed, self.idx, self.stage)
+        self.counts = np.zeros(smooth.num_classes, dtype=np.int64)
+        return self.left > 0 or self.advance_empty(smooth)
+
+    def advance_empty(self, smooth: Smooth) -> bool:
+        # a request for zero samples is answered at once
+        self.state.observe(self.counts)
+        return self.advance(smooth)
+
+    def receive(self, counts, k: int, smooth: Smooth) -> bool:
+        """Add the counts of k samples; when the request is complete, hand it over. False when finished."""
+        self.counts += counts
+        self.left -= k
+        if self.left > 0:
+            return True
+        self.state.observe(self.counts)
+        return self.advance(smooth)
