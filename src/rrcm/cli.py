@@ -264,7 +264,8 @@ def add_certify_parser(sub) -> None:
     p.add_argument("--sigma", type=float, default=None, help="smoothing σ on [0,1] pixels (default: the checkpoint's)")
     # Cohen's spellings --N0/--N work too; under torchrun write --N (torchrun takes --n for its own --nnodes).
     p.add_argument("--n0", "--N0", type=int, default=100, dest="n0", help="selection samples (default 100)")
-    p.add_argument("--n", "--N", type=int, default=100_000, dest="n", help="estimation samples (default 100000)")
+    p.add_argument("--n", "--N", type=int, default=100_000, dest="n",
+                   help="estimation samples (default 100000); the budget, the most it may draw, with --procedure sequential")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
     p.add_argument("--batch-size", type=int, default=1000, help="noise samples per forward pass")
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th example (Cohen's subset)")
@@ -283,6 +284,24 @@ def add_certify_parser(sub) -> None:
                         "rRCM ViT 1.27x and LeNet-5 0.69x (auto: fp32); the probes took 0.03-0.9 s. "
                         "Details: benchmarks/README.md")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
+    p.add_argument("--procedure", choices=("cohen", "sequential"), default="cohen",
+                   help="cohen (default): Cohen et al.'s CERTIFY with a fixed n; sequential: draw the estimation samples "
+                        "in steps and stop as soon as an anytime-valid confidence sequence settles the decision at "
+                        "--target-radius or at every radius of --radii (the log gains n_used, n0A and pA_upper)")
+    p.add_argument("--target-radius", type=float, default=None,
+                   help="sequential: decide robustness at this L2 radius, e.g. 2 * sigma")
+    p.add_argument("--radii", type=_radii_argument, default=None,
+                   help="sequential: settle every radius of this grid, a list 0,0.5,1 or a range start:stop:step such "
+                        "as 0:1.5:0.25 (the radii a report will show)")
+    p.add_argument("--step", type=int, default=100, help="sequential: samples in the first step (default 100)")
+    p.add_argument("--step-growth", type=float, default=0.1, dest="growth",
+                   help="sequential: each later step adds this fraction of the samples so far (default 0.1)")
+    p.add_argument("--futility-alpha", type=_optional_fraction, default=0.01,
+                   help="sequential: stop without certifying a radius once even the Clopper-Pearson upper bound at "
+                        "this level could not reach it within the budget (default 0.01; 'none' turns it off)")
+    p.add_argument("--sequence", choices=("centred", "kt"), default="centred",
+                   help="sequential: the confidence sequence, a Beta-mixture centred on the selection samples' "
+                        "estimate (default) or the Krichevsky-Trofimov mixture")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--ignore-class-names", action="store_true",
                    help="certify even if the data set's class names differ from those the checkpoint was trained on")
@@ -290,6 +309,24 @@ def add_certify_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_certify)
+
+
+def _radii_argument(text: str):
+    from .smoothing.procedures import parse_radii
+
+    try:
+        return parse_radii(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _optional_fraction(text: str):
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or none, got {text!r}") from None
 
 
 def run_certify(args) -> int:
@@ -319,7 +356,9 @@ def run_certify(args) -> int:
                       f"{remedy} for σ = {sigma} for meaningful results")
     settings = CertifySettings(sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
                                seed=args.seed, skip=args.skip, max_index=args.max_index, precision=args.precision,
-                               channels_last=args.channels_last)
+                               channels_last=args.channels_last, procedure=args.procedure,
+                               target_radius=args.target_radius, radii=args.radii, step=args.step, growth=args.growth,
+                               futility_alpha=args.futility_alpha, sequence=args.sequence)
     settings.validate()
     if settings.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UserError(f"unknown precision {settings.precision!r}; choose auto, fp32, bf16 or fp16")
