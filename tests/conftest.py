@@ -2,15 +2,22 @@
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
+import tqdm
+
+# tqdm guards its output with a multiprocessing lock, a semaphore shared by every process forked after it
+# exists. mutmut forks each mutant's test process from one parent; a child killed at its time limit while
+# a progress bar held that lock left it held for every later child, which then waited forever (seen: every
+# certify_dataset mutant a timeout after the first). A lock of this process's own cannot outlive it.
+tqdm.tqdm.set_lock(threading.RLock())
 
 # `--precision auto` caches its timing decisions under $XDG_CACHE_HOME/rrcm: tests get a cache of their
 # own (children inherit it), never the user's, and never one another session wrote.
 if not os.environ.get("RRCM_CACHE"):
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="rrcm-test-cache-")
-
 
 
 def _find_shared() -> Path:
