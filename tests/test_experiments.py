@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from rrcm.certlog import LOG_COLUMNS, format_row, header_line
 from rrcm.cli import main as rrcm
+from tests.helpers.scripts import scripts_from
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="module")
 def study():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        yield importlib.import_module("mnist"), importlib.import_module("mnist_report")
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    with scripts_from("experiments") as import_module:
+        yield import_module("mnist"), import_module("mnist_report")
 
 
 def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_path):

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from rrcm.cli import main as rrcm
+from tests.helpers.scripts import scripts_from
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 PLAN = {"minutes_per_method": 6.0, "pretrain_steps": 1607, "finetune_epochs": 38, "resnet110_epochs": 24}
 
 
 @pytest.fixture(scope="module")
 def cifar10():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        yield importlib.import_module("cifar10")
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    with scripts_from("experiments") as import_module:
+        yield import_module("cifar10")
 
 
 def test_steps_follow_the_plan(cifar10, tmp_path):

@@ -4,7 +4,6 @@ other sequential settings is refused. (The procedure's statistics: tests/test_pr
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
-
 import numpy as np
 from scipy.stats import norm
 
@@ -307,19 +305,3 @@ class SequentialCertification(_Selection):
 def recompute_lower_bound(procedure: SequentialCertify, count_selection: int, count: int, drawn: int) -> float:
     """L at the stopping time from a log row's own columns (n0A, nA, n_used): what certificate() used."""
     return procedure.confidence_sequence(count_selection).lower(count, drawn)
-
-
-def describe(procedure) -> str:
-    if isinstance(procedure, CohenCertify):
-        return f"Cohen's CERTIFY, n0 = {procedure.n0}, n = {procedure.n}, α = {procedure.alpha}"
-    goal = (f"target radius {procedure.target_radius:g}" if procedure.target_radius is not None
-            else f"{len(procedure.radii)} radii {procedure.radii[0]:g}..{procedure.radii[-1]:g}")
-    return (f"sequential ({procedure.sequence}), {goal}, n0 = {procedure.n0}, budget n = {procedure.n_max}, "
-            f"α = {procedure.alpha}")
-
-
-Procedure = CohenCertify | SequentialCertify
-
-
-def radii_tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(sorted(set(float(v) for v in values)))

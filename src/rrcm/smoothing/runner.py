@@ -33,7 +33,6 @@ from ..certlog import LOG_COLUMNS, SEQUENTIAL_COLUMNS, format_row, header_line, 
 from ..distributed import DistContext, barrier
 from ..errors import UserError
 from ..fileio import atomic_path, output_error, write_json_atomic
-from . import stats
 from .noise import SELECTION
 from .precision import resolve_run_precision
 from .procedures import CohenCertify, SequentialCertify

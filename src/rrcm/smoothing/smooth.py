@@ -180,7 +180,8 @@ class Smooth:
                    max_pending: int = 64) -> Iterator[tuple[int, Certificate, float]]:
         """Drive one procedure on many inputs at once, packing the samples that several pending inputs ask for
         into shared forward batches of `batch_size` (kept full while inputs remain), and yield (idx,
-        certificate, seconds) as each finishes; seconds is its share of the forward batches' time.
+        certificate, seconds) as each finishes; seconds is its share (by samples) of the time spent drawing the
+        noise of, running and counting the batches it was in.
 
         Every input draws its samples from its own noise streams, in order, so its certificate is the one
         `run(procedure, x, batch_size, idx=idx)` gives (for the default floating dtype, and a model whose
@@ -217,6 +218,7 @@ class Smooth:
                     total += k
                 if buffer is None:
                     buffer = torch.empty((batch_size, *pending[0].x.shape), device=pending[0].x.device)
+                started = time.perf_counter()  # noise, forward and counting: each input's share of them
                 for entry, start, k in segments:
                     view = entry.stream().take_into(buffer[start : start + k])
                     view.mul_(self.sigma).add_(entry.x)
@@ -225,7 +227,6 @@ class Smooth:
                     if buffer_cl is None:
                         buffer_cl = torch.empty_like(buffer, memory_format=torch.channels_last)
                     batch = buffer_cl[:total].copy_(batch)
-                started = time.perf_counter()
                 with self._autocast(batch.device):
                     logits = self.base_classifier(batch)
                 self._check_shape(logits, total)
