@@ -187,8 +187,8 @@ def test_dry_run_lists_one_models_commands_in_order(bench, tmp_path, capsys):
     commands = [line for line in lines if line.startswith("rrcm ")]
     assert len(commands) == 4 and lines[-1].startswith("(report) ")
     logs = tmp_path / "results" / "logs"
-    expected = [("target", ["--procedure", "sequential", "--target-radius", "1", "--seed", "0"]),
-                ("grid", ["--procedure", "sequential", "--radii", "0:1.5:0.25", "--seed", "0"]),
+    expected = [("target", ["--procedure", "sequential", "--target-radius", "1", "--seed", "2"]),
+                ("grid", ["--procedure", "sequential", "--radii", "0:1.5:0.25", "--seed", "2"]),
                 ("cohen-seed0", ["--seed", "0"]), ("cohen-seed1", ["--seed", "1"])]
     for command, (run, options) in zip(commands, expected):
         argv = command.split()[1:]
