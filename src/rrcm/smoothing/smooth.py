@@ -191,7 +191,7 @@ class Smooth:
         source = iter(examples)
         pending: list[_Pending] = []
         exhausted = False
-        buffer = buffer_cl = None
+        buffers: dict[str, torch.Tensor] = {}  # one input batch (and its channels-last copy) for every step
         with torch.no_grad(), self._eval_mode():
             while True:
                 # admit inputs until their requests fill a batch (or the cap is reached)
@@ -216,29 +216,8 @@ class Smooth:
                     k = min(entry.left, batch_size - total)
                     segments.append((entry, total, k))
                     total += k
-                if buffer is None:
-                    buffer = torch.empty((batch_size, *pending[0].x.shape), device=pending[0].x.device)
                 started = time.perf_counter()  # noise, forward and counting: each input's share of them
-                for entry, start, k in segments:
-                    view = entry.stream().take_into(buffer[start : start + k])
-                    view.mul_(self.sigma).add_(entry.x)
-                batch = buffer[:total]
-                if self.channels_last:
-                    if buffer_cl is None:
-                        buffer_cl = torch.empty_like(buffer, memory_format=torch.channels_last)
-                    batch = buffer_cl[:total].copy_(batch)
-                with self._autocast(batch.device):
-                    logits = self.base_classifier(batch)
-                self._check_shape(logits, total)
-                if not bool(torch.isfinite(logits).all()):
-                    raise UserError(f"the model returned NaN or infinite logits (examples "
-                                    f"{', '.join(str(e.idx) for e, _, _ in segments)}); the checkpoint is broken: "
-                                    "retrain it or check the input data")
-                segment_of = torch.repeat_interleave(torch.arange(len(segments), device=batch.device),
-                                                     torch.tensor([k for _, _, k in segments], device=batch.device))
-                counts = torch.bincount(segment_of * self.num_classes + logits.argmax(dim=1),
-                                        minlength=len(segments) * self.num_classes)
-                counts = counts.view(len(segments), self.num_classes).cpu().numpy()
+                counts = self._packed_counts(segments, total, buffers, batch_size)
                 seconds = time.perf_counter() - started
                 finished = []
                 for (entry, _, k), segment_counts in zip(segments, counts):
@@ -248,6 +227,32 @@ class Smooth:
                 for entry in finished:
                     pending.remove(entry)
                     yield entry.idx, entry.state.certificate(), entry.seconds
+
+    def _packed_counts(self, segments, total: int, buffers: dict, batch_size: int) -> np.ndarray:
+        """Class counts per segment (entry, start, k) of one packed batch: entry's next k samples at rows
+        start..start+k, x + σ·δ in place as in `_sample_counts`, so each row is bit for bit what `run` feeds."""
+        shape, device = segments[0][0].x.shape, segments[0][0].x.device
+        if "batch" not in buffers:
+            buffers["batch"] = torch.empty((batch_size, *shape), device=device)
+        for entry, start, k in segments:
+            entry.stream().take_into(buffers["batch"][start : start + k]).mul_(self.sigma).add_(entry.x)
+        batch = buffers["batch"][:total]
+        if self.channels_last:
+            if "channels_last" not in buffers:
+                buffers["channels_last"] = torch.empty_like(buffers["batch"], memory_format=torch.channels_last)
+            batch = buffers["channels_last"][:total].copy_(batch)
+        with self._autocast(device):
+            logits = self.base_classifier(batch)
+        self._check_shape(logits, total)
+        if not bool(torch.isfinite(logits).all()):
+            raise UserError(f"the model returned NaN or infinite logits (examples "
+                            f"{', '.join(str(e.idx) for e, _, _ in segments)}); the checkpoint is broken: "
+                            "retrain it or check the input data")
+        sizes = torch.tensor([k for _, _, k in segments], device=device)
+        segment_of = torch.repeat_interleave(torch.arange(len(segments), device=device), sizes)
+        counts = torch.bincount(segment_of * self.num_classes + logits.argmax(dim=1),
+                                minlength=len(segments) * self.num_classes)
+        return counts.view(len(segments), self.num_classes).cpu().numpy()
 
     @torch.no_grad()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, *, idx: int, stage: int) -> torch.Tensor:
