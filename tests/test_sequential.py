@@ -216,3 +216,12 @@ def test_two_processes_under_torchrun_write_the_same_log(reference, tmp_path, cl
              extra_path=[REPO])
     assert log_rows(out) == log_rows(reference)
     assert json.loads(Path(f"{out}.json").read_text())["world_size"] == 2
+
+
+def test_a_folder_where_a_part_file_belongs_is_one_clear_error(tmp_path):
+    path = tmp_path / "log.tsv"
+    Path(f"{path}.part-rank0").mkdir()
+    with pytest.raises(UserError) as error:
+        run(path)
+    assert str(error.value) == (f"{path}.part-rank0 is not a file, but rrcm keeps a part of the log log.tsv there; "
+                                "remove it or choose another --out")

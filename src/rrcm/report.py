@@ -65,7 +65,7 @@ def _radius_keys(radii: np.ndarray) -> list[str]:
     keys = [radius_key(r) for r in radii]
     if len(set(keys)) != len(keys):
         raise UserError(
-            f"radii {list(radii)} repeat (after rounding to 6 decimals); list each once"
+            f"radii {[float(r) for r in radii]} repeat (after rounding to 6 decimals); list each once"
         )
     return keys
 
@@ -127,7 +127,8 @@ def summarize(log: CertLog, radii) -> dict:
     }
 
 
-def _check_same_examples(logs: Sequence[CertLog], hint: str = "") -> None:
+def _check_same_examples(logs: Sequence[CertLog], hint: str = "", needs: str = "an envelope needs the same test "
+                         "set in every log") -> None:
     reference = np.sort(logs[0].idx)
     for log in logs[1:]:
         other = np.sort(log.idx)
@@ -136,8 +137,7 @@ def _check_same_examples(logs: Sequence[CertLog], hint: str = "") -> None:
             only_other = np.setdiff1d(other, reference).size
             raise UserError(
                 f"{logs[0].path} and {log.path} certify different examples ({only_first} idx only "
-                f"in the first, {only_other} only in the second); an envelope needs the same test "
-                f"set in every log{hint}"
+                f"in the first, {only_other} only in the second); {needs}{hint}"
             )
 
 
@@ -182,7 +182,7 @@ def paired_difference(first: CertLog, second: CertLog, radii, z: float = 1.95996
     """
     for log in (first, second):
         _require_rows(log)
-    _check_same_examples([first, second], hint="; a paired comparison needs the same examples")
+    _check_same_examples([first, second], needs="a paired comparison needs the same examples in both")
     if np.unique(first.idx).size != len(first):
         raise UserError(f"{first.path}: idx repeats; a paired comparison needs one row per example")
     radii = _as_radii(radii)
@@ -299,7 +299,7 @@ def render_table(summaries: Iterable[Mapping], radii, fmt: str = "text") -> str:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(names)
         for raw, _ in rows:
-            writer.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v)
+            writer.writerow(["" if v is None else (repr(float(v)) if isinstance(v, float) else v)
                              for v in raw])
         return buffer.getvalue()
 

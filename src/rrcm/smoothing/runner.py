@@ -110,7 +110,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def part_paths(log_path: Path) -> list[Path]:
-    return sorted(Path(p) for p in glob.glob(glob.escape(str(log_path)) + PART_SUFFIX + "*"))
+    paths = sorted(Path(p) for p in glob.glob(glob.escape(str(log_path)) + PART_SUFFIX + "*"))
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"{path} is not a file, but rrcm keeps a part of the log {log_path.name} there; remove "
+                            "it or choose another --out")
+    return paths
 
 
 def _repair_torn_line(path: Path) -> None:
