@@ -12,9 +12,11 @@ per model, in this order, so that a partial run already gives complete models:
 
 Every run is one `python -m rrcm certify` process writing results/mnist/sequential/logs/<model>-<run>.tsv;
 re-running the script resumes an interrupted log (the runner's own resume) and skips a complete one. The
-wall time of each process and the certificates it added go to results/mnist/sequential/timing.json. A model
-whose checkpoint is missing under --runs is trained first with `experiments/mnist.py --only ...` (unless
---no-train). At the end the report is regenerated from the logs: docs/results/sequential.md and the plot
+wall time of each process and the certificates it added go to results/mnist/sequential/timing.json. The runs
+certify the copies of the models in results/mnist/sequential/checkpoints/ (committed with the logs, so that a
+later session resumes them: a retrained model is another checkpoint); a missing copy is taken from
+runs/mnist/<model>/model.safetensors, which is trained first with `experiments/mnist.py --only ...` when it is
+missing too (unless --no-train). At the end the report is regenerated from the logs: docs/results/sequential.md and the plot
 docs/results/sequential_samples.png.
 
     python benchmarks/sequential_certification.py                          # everything (resumable)
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -65,9 +68,10 @@ class BenchError(Exception):
 class ModelSpec:
     name: str
     sigma: float
-    checkpoint: Path
+    checkpoint: Path  # the copy the runs certify, committed beside the logs so that a later session resumes them
+    trained: Path  # where experiments/mnist.py writes the model
     channels_last: bool = False
-    train_steps: tuple[str, ...] = ()  # experiments/mnist.py step names that write the checkpoint
+    train_steps: tuple[str, ...] = ()  # experiments/mnist.py step names that write `trained`
 
 
 @dataclass(frozen=True)
@@ -86,15 +90,17 @@ def sigma_tag(sigma: float) -> str:
     return f"s{sigma:g}"
 
 
-def mnist_models(runs: Path) -> dict[str, ModelSpec]:
-    """The six models, named as in experiments/mnist.py, with their checkpoints under `runs`."""
+def mnist_models(runs: Path, results: Path = RESULTS) -> dict[str, ModelSpec]:
+    """The six models, named as in experiments/mnist.py: trained under `runs`, certified from their copies in
+    <results>/checkpoints (a few hundred kB each; a retrained model would not resume the committed logs)."""
     models = {}
     for family in ("rrcm", "lenet-consistency"):
         for sigma in SIGMAS:
             name = f"{family}-{sigma_tag(sigma)}"
             steps = ("rrcm-pretrain", name) if family == "rrcm" else (name,)
-            models[name] = ModelSpec(name, sigma, runs / name / "model.safetensors",
-                                     channels_last=family.startswith("lenet"), train_steps=steps)
+            models[name] = ModelSpec(name, sigma, results / "checkpoints" / f"{name}.safetensors",
+                                     runs / name / "model.safetensors", channels_last=family.startswith("lenet"),
+                                     train_steps=steps)
     return models
 
 
@@ -252,19 +258,29 @@ def train_command(spec: ModelSpec, runs: Path, data_root: str) -> list[str]:
 
 
 def ensure_checkpoint(spec: ModelSpec, args: argparse.Namespace) -> bool:
-    """Whether the model's checkpoint is there (training it first unless --no-train)."""
+    """Whether the model's certified copy is there: copied from the trained model, which is trained first
+    when it is missing too (unless --no-train)."""
     if spec.checkpoint.is_file():
         return True
-    if args.no_train or not spec.train_steps:
-        print(f"{spec.name}: no checkpoint at {spec.checkpoint}; skipped (--no-train)", flush=True)
-        return False
-    command = train_command(spec, Path(args.runs), args.data_root)
+    if not spec.trained.is_file():
+        if args.no_train or not spec.train_steps:
+            print(f"{spec.name}: no checkpoint at {spec.checkpoint} or {spec.trained}; skipped (--no-train)",
+                  flush=True)
+            return False
+        command = train_command(spec, Path(args.runs), args.data_root)
+        if args.dry_run:
+            print(shlex.join(command))
+            return True
+        print(f"[{time.strftime('%H:%M:%S')}] {spec.name}: training ({', '.join(spec.train_steps)}) ...", flush=True)
+        if subprocess.run(command, cwd=REPO).returncode != 0 or not spec.trained.is_file():
+            raise BenchError(f"{spec.name}: training did not write {spec.trained}; command: {shlex.join(command)}")
     if args.dry_run:
-        print(shlex.join(command))
+        print(f"(copy) {spec.trained} -> {spec.checkpoint}")
         return True
-    print(f"[{time.strftime('%H:%M:%S')}] {spec.name}: training ({', '.join(spec.train_steps)}) ...", flush=True)
-    if subprocess.run(command, cwd=REPO).returncode != 0 or not spec.checkpoint.is_file():
-        raise BenchError(f"{spec.name}: training did not write {spec.checkpoint}; command: {shlex.join(command)}")
+    spec.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    partial = spec.checkpoint.with_name(spec.checkpoint.name + ".partial")
+    shutil.copyfile(spec.trained, partial)
+    os.replace(partial, spec.checkpoint)  # never a half-copied checkpoint under the final name
     return True
 
 
@@ -761,7 +777,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     runs, results, docs = Path(args.runs).resolve(), Path(args.results).resolve(), Path(args.docs).resolve()
-    models = {name: spec for name, spec in mnist_models(runs).items() if name in args.models}
+    models = {name: spec for name, spec in mnist_models(runs, results).items() if name in args.models}
     if args.report_only:
         write_report(models, results, docs, args.skip)
         return 0

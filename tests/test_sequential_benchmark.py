@@ -158,7 +158,8 @@ def test_report_from_logs_pools_complete_models_only(bench, tmp_path):
     write_run(logs_dir, "half", "target")
     write_log(logs_dir / "half-cohen-seed0.tsv.part-rank0", ROWS["cohen-seed0"][:1], False)  # interrupted
     (logs_dir / "half-cohen-seed0.tsv.json").write_text(json.dumps({"complete": False, "subset": {"count": 4}}))
-    models = {name: bench.ModelSpec(name, SIGMA, tmp_path / name / "model.safetensors") for name in ("m", "half")}
+    models = {name: bench.ModelSpec(name, SIGMA, tmp_path / f"{name}.safetensors", tmp_path / name / "model.safetensors")
+              for name in ("m", "half")}
     bench.write_report(models, tmp_path / "results", docs, 200)
     text = (docs / "sequential.md").read_text()
     assert (docs / "sequential_samples.png").stat().st_size > 0
@@ -177,13 +178,14 @@ def test_report_from_logs_pools_complete_models_only(bench, tmp_path):
 
 def test_dry_run_lists_one_models_commands_in_order(bench, tmp_path, capsys):
     runs = tmp_path / "runs"
-    checkpoint = runs / "lenet-consistency-s0.5" / "model.safetensors"
+    checkpoint = tmp_path / "results" / "checkpoints" / "lenet-consistency-s0.5.safetensors"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"")  # a dry run reads nothing
     assert bench.main(["--dry-run", "--no-train", "--models", "rrcm-s1,lenet-consistency-s0.5", "--runs", str(runs),
                        "--results", str(tmp_path / "results"), "--docs", str(tmp_path / "docs")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"rrcm-s1: no checkpoint at {runs / 'rrcm-s1' / 'model.safetensors'}; skipped (--no-train)"
+    assert lines[0] == (f"rrcm-s1: no checkpoint at {tmp_path / 'results' / 'checkpoints' / 'rrcm-s1.safetensors'} "
+                        f"or {runs / 'rrcm-s1' / 'model.safetensors'}; skipped (--no-train)")
     commands = [line for line in lines if line.startswith("rrcm ")]
     assert len(commands) == 4 and lines[-1].startswith("(report) ")
     logs = tmp_path / "results" / "logs"
@@ -197,6 +199,7 @@ def test_dry_run_lists_one_models_commands_in_order(bench, tmp_path, capsys):
                         "--precision", "bf16", *options, "--quiet", "--channels-last",
                         "--out", str(logs / f"lenet-consistency-s0.5-{run}.tsv")]
         build_parser().parse_args(argv)  # valid `rrcm certify` options
-    assert not (tmp_path / "results").exists() and not (tmp_path / "docs").exists()
+    assert sorted(p.name for p in (tmp_path / "results").rglob("*")) == ["checkpoints", checkpoint.name]
+    assert not (tmp_path / "docs").exists()
     assert bench.grid_radii(0.5) == (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
     assert bench.grid_radii(0.25) == (0.0, 0.25, 0.5, 0.75) and len(bench.grid_radii(1.0)) == 13
