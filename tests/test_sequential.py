@@ -225,3 +225,14 @@ def test_a_folder_where_a_part_file_belongs_is_one_clear_error(tmp_path):
         run(path)
     assert str(error.value) == (f"{path}.part-rank0 is not a file, but rrcm keeps a part of the log log.tsv there; "
                                 "remove it or choose another --out")
+
+
+def test_blank_lines_at_the_end_of_a_part_file_are_cut_before_rows_are_appended(reference, tmp_path):
+    path = tmp_path / "log.tsv"
+    with pytest.raises(KeyboardInterrupt):
+        run(path, data=Interrupting(DATA, 4))
+    (part,) = part_paths(path)
+    with open(part, "a") as f:
+        f.write("\n  \n")  # blank lines an editor (or a torn write) left at the end
+    run(path)
+    assert log_rows(path) == log_rows(reference)

@@ -82,6 +82,7 @@ _RTOL = 4 * 2.0 ** -52
 # strictly inside (0, 1) that keep log finite.
 _TINY = 1e-300
 _BELOW_ONE = 1.0 - 2.0 ** -53
+_LOG_SEARCH_BELOW = 1e-6
 
 
 def _counts(successes, trials) -> tuple[int, int]:
@@ -172,7 +173,13 @@ def _mixture_lower(k: int, n: int, alpha: float, a: float = 0.5, b: float = 0.5)
         return 0.0
     if not _outside(f, rounding, _TINY):  # the root lies below 1e-300 (or too close to tell)
         return 0.0
-    root = brentq(f, _TINY, centre, xtol=_XTOL, rtol=_RTOL)
+    if f(_LOG_SEARCH_BELOW) < 0.0:
+        # a root far below 1 (a selected class that all but vanished under a strong centred prior): bisection in
+        # p would need more than brentq's 100 steps to reach a relative tolerance there; search in log p
+        root = math.exp(brentq(lambda u: f(math.exp(u)), math.log(_TINY), math.log(_LOG_SEARCH_BELOW),
+                               xtol=_RTOL, rtol=_RTOL))
+    else:
+        root = brentq(f, _TINY, centre, xtol=_XTOL, rtol=_RTOL)
     step = _XTOL + _RTOL * abs(root)
     bound = root - step
     while bound > _TINY and not _outside(f, rounding, bound):  # brentq may answer from the inside

@@ -119,10 +119,14 @@ def part_paths(log_path: Path) -> list[Path]:
 
 
 def _repair_torn_line(path: Path) -> None:
-    """Cut a last line that an interrupted writer left without its newline."""
+    """Cut a last line that an interrupted writer left without its newline, and blank lines at the end (rows
+    appended after them would make the part file unreadable). A complete part file is left untouched."""
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    kept = data if data.endswith(b"\n") else data[: data.rfind(b"\n") + 1]
+    if kept.strip():
+        kept = kept.rstrip(b" \t\r\n") + b"\n"
+    if kept != data:
+        path.write_bytes(kept)
 
 
 def _done_indices(log_path: Path) -> set[int]:
@@ -331,8 +335,11 @@ def _merge_parts(log_path: Path, indices: Sequence[int], columns: Sequence[str] 
     """Merge the part files into `log_path` sorted by idx; refuse if any index is missing or doubled."""
     rows: dict[int, str] = {}
     for part in part_paths(log_path):
-        lines = part.read_text(encoding="utf-8").splitlines(keepends=True)
+        lines = part.read_text(encoding="utf-8").split("\n")  # as read_log splits them
         for line in lines[1:]:
+            if not line.strip():
+                continue  # the end of the file, or blank lines read_log tolerates there
+            line += "\n"
             i = int(line.split("\t", 1)[0])
             if i in rows:
                 raise UserError(f"index {i} was certified twice in {log_path}'s part files; delete them to start over")
