@@ -162,7 +162,7 @@ def test_settings_that_cannot_work_are_refused_before_anything_is_written(tmp_pa
     for settings, message in [
         (dataclasses.replace(SETTINGS, radii=None), "exactly one of --target-radius"),
         (dataclasses.replace(SETTINGS, target_radius=1.0), "exactly one of --target-radius"),
-        (dataclasses.replace(SETTINGS, step=0), "--step must be at least 1"),
+        (dataclasses.replace(SETTINGS, step=0), "--step must be a whole number of samples, at least 1, got 0"),
         (dataclasses.replace(SETTINGS, procedure="cohen"), "--target-radius and --radii belong to --procedure "
                                                             "sequential"),
         (dataclasses.replace(SETTINGS, procedure="fast"), "unknown certification procedure 'fast'"),

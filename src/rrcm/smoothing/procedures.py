@@ -36,6 +36,7 @@ from .noise import ESTIMATION, SELECTION
 
 ABSTAIN = -1
 SEQUENCES = ("centred", "kt")
+MAX_GROWTH = 10.0  # a step of ten times the samples so far is already near-fixed-n; far larger overflows
 
 
 @dataclass(frozen=True)
@@ -203,10 +204,12 @@ class SequentialCertify:
             raise UserError(f"--target-radius must be a finite radius >= 0, got {self.target_radius}")
         if self.radii is not None and (not self.radii or any(not (math.isfinite(r) and r >= 0) for r in self.radii)):
             raise UserError(f"--radii must be finite radii >= 0, got {self.radii}")
-        if self.step < 1:
-            raise UserError(f"--step must be at least 1 sample, got {self.step}; the usual value is 100")
-        if not (math.isfinite(self.growth) and self.growth >= 0):
-            raise UserError(f"--step-growth must be a number >= 0, got {self.growth}; the usual value is 0.1")
+        if isinstance(self.step, bool) or not isinstance(self.step, (int, np.integer)) or self.step < 1:
+            raise UserError(f"--step must be a whole number of samples, at least 1, got {self.step!r}; the usual "
+                            "value is 100")
+        if not (math.isfinite(self.growth) and 0 <= self.growth <= MAX_GROWTH):
+            raise UserError(f"--step-growth must be a number in [0, {MAX_GROWTH:g}], got {self.growth}; the usual "
+                            "value is 0.1")
         if self.futility_alpha is not None and not 0 < self.futility_alpha < 1:
             raise UserError(f"--futility-alpha must be in (0, 1) (or none, for no futility stop), got "
                             f"{self.futility_alpha}; the usual value is 0.01")

@@ -151,9 +151,13 @@ class Smooth:
                                   "than estimation, e.g. n0 = 100, n_max = 100000")
         alpha = _check_alpha(alpha)
         batch_size = _count("batch_size", batch_size, 1)
-        radii = None if radii is None else tuple(sorted(set(float(r) for r in radii)))
-        procedure = SequentialCertify(n0, n_max, alpha, target_radius=None if target_radius is None else
-                                      float(target_radius), radii=radii, **options)
+        try:
+            radii = None if radii is None else tuple(sorted(set(float(r) for r in radii)))
+            target_radius = None if target_radius is None else float(target_radius)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"radii and target_radius must be numbers, got radii={radii!r}, "
+                                  f"target_radius={target_radius!r}") from None
+        procedure = SequentialCertify(n0, n_max, alpha, target_radius=target_radius, radii=radii, **options)
         try:
             procedure.validate(self.sigma)
         except UserError as e:
