@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
@@ -236,3 +237,134 @@ def test_blank_lines_at_the_end_of_a_part_file_are_cut_before_rows_are_appended(
         f.write("\n  \n")  # blank lines an editor (or a torn write) left at the end
     run(path)
     assert log_rows(path) == log_rows(reference)
+
+
+# -- what the mutation run (docs/mutation.md) found open in the sequential code ------------------------------
+
+
+def test_every_sequential_setting_reaches_the_procedure():
+    settings = dataclasses.replace(SETTINGS, alpha=0.01, n0=30, n=5000, radii=None, target_radius=0.75, step=40,
+                                   growth=0.3, futility_alpha=0.2, sequence="kt")
+    assert settings.certification_procedure() == SequentialCertify(30, 5000, 0.01, target_radius=0.75, step=40,
+                                                                   growth=0.3, futility_alpha=0.2, sequence="kt")
+    assert dataclasses.replace(settings, futility_alpha=None).certification_procedure().futility_alpha is None
+
+
+def test_a_cohen_run_with_a_sequential_goal_is_refused_in_full(tmp_path):
+    for goal in ({"target_radius": 0.5, "radii": None}, {"radii": (0.0,)}):
+        with pytest.raises(UserError) as error:
+            run(tmp_path / "log.tsv", dataclasses.replace(SETTINGS, procedure="cohen", **goal))
+        assert str(error.value) == ("--target-radius and --radii belong to --procedure sequential; Cohen's CERTIFY "
+                                    "certifies whatever radius its n samples give")
+
+
+def sequential_row(**changes):
+    from rrcm.certlog import format_row
+
+    row = {"idx": 0, "label": 1, "predict": 1, "radius": 0.5, "correct": 1, "time": 1.0, "cA": 1, "nA": 90,
+           "n0": 100, "n": 1000, "sigma": 0.5, "alpha": 0.001, "seed": 0, "pA_lower": 0.8, "n_used": 100,
+           "n0A": 95, "pA_upper": 0.95}
+    row.update(changes)
+    return format_row(row, SEQUENTIAL_COLUMNS)
+
+
+@pytest.mark.parametrize("changes", [{"nA": 0, "predict": -1, "radius": 0.0, "correct": 0}, {"nA": 100},
+                                     {"n_used": 1, "nA": 1}, {"n_used": 1000}])
+def test_sequential_rows_at_the_edges_of_their_counts_are_read(changes, tmp_path):
+    from rrcm.certlog import header_line
+
+    path = tmp_path / "log.tsv"
+    path.write_text(header_line(SEQUENTIAL_COLUMNS) + sequential_row(**changes))
+    log = read_log(path)
+    assert (int(log.extras["nA"][0]), int(log.extras["n_used"][0])) == (changes.get("nA", 90),
+                                                                      changes.get("n_used", 100))
+
+
+@pytest.mark.parametrize("changes,problem", [
+    ({"nA": 101}, "column 'nA' must be within 0..n_used"),
+    ({"nA": -1}, "column 'nA' must be within 0..n_used"),
+    ({"n_used": 0, "nA": 0}, "column 'n_used' must be within 1..n"),
+    ({"n_used": 1001, "nA": 90}, "column 'n_used' must be within 1..n"),
+])
+def test_sequential_rows_that_cannot_exist_are_refused_by_line(changes, problem, tmp_path):
+    from rrcm.certlog import header_line
+
+    path = tmp_path / "log.tsv"
+    path.write_text(header_line(SEQUENTIAL_COLUMNS) + sequential_row(idx=3) + sequential_row(idx=4, **changes))
+    with pytest.raises(UserError) as error:
+        read_log(path)
+    assert str(error.value) == f"{path}:3: {problem}; fix or regenerate the log"
+
+
+def test_samples_per_certificate_of_a_cohen_log_is_n0_plus_n_and_its_summary_has_no_sample_columns(tmp_path):
+    from rrcm.report import render_table
+
+    cohen = certify_dataset(Float64Linear().eval(), DATA,
+                            CertifySettings(sigma=0.5, n0=20, n=300, alpha=0.001, batch_size=128, seed=5, skip=100),
+                            tmp_path / "cohen.tsv", ctx=CPU, progress=False)
+    log = read_log(cohen)
+    samples = samples_per_certificate(log)
+    assert samples.dtype == np.int64 and list(samples) == [320] * 5
+    summary = summarize(log, [0.0])
+    assert "samples_mean" not in summary and "samples_median" not in summary
+    assert "samples" not in render_table([summary], [0.0], fmt="csv").splitlines()[0]
+    one_row = Path(tmp_path / "one.tsv")
+    one_row.write_text("\t".join(SEQUENTIAL_COLUMNS) + "\n" + sequential_row())
+    single = summarize(read_log(one_row), [0.0])
+    assert (single["samples_mean"], single["samples_median"]) == (200.0, 200.0)
+    header = render_table([single, summary], [0.0], fmt="csv").splitlines()[0]
+    assert header.endswith(",seconds_per_example,samples_mean,samples_median")
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"precision": "bf16"}])
+def test_packed_runs_in_channels_last_or_bf16_give_run_s_certificates(options):
+    """Float64Linear computes in float64 whatever the layout or autocast, so the counts must agree exactly."""
+    smooth = Smooth(Float64Linear().eval(), 10, 0.5, seed=5, **options)
+    procedure = SETTINGS.certification_procedure()
+    examples = [(i, DATA[i][0]) for i in (0, 25, 50)]
+    expected = {i: smooth.run(procedure, x, 1000, idx=i) for i, x in examples}
+    assert {i: cert for i, cert, _ in smooth.run_packed(procedure, examples, 64)} == expected
+
+
+def test_a_packed_batch_with_nan_logits_names_its_examples():
+    class NaNModel(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 10), float("nan"))
+
+    smooth = Smooth(NaNModel(), 10, 0.5)
+    with pytest.raises(UserError) as error:
+        list(smooth.run_packed(SETTINGS.certification_procedure(), [(3, DATA[0][0]), (7, DATA[1][0])], 64))
+    assert str(error.value) == ("the model returned NaN or infinite logits (examples 3, 7); the checkpoint is broken: "
+                                "retrain it or check the input data")
+
+
+def test_a_one_sample_selection_is_drawn_in_a_packed_run():
+    smooth = Smooth(Float64Linear().eval(), 10, 0.5, seed=5)
+    procedure = SequentialCertify(1, 300, 0.001, target_radius=0.25)
+    x = DATA[0][0]
+    expected = smooth.run(procedure, x, 64, idx=0)
+    assert [cert for _, cert, _ in smooth.run_packed(procedure, [(0, x)], 64)] == [expected]
+    assert expected.count_selection == 1
+
+
+@pytest.mark.parametrize("call,message", [
+    (dict(n0=0), "n0 must be at least 1, got 0"),
+    (dict(n_max=0), "n_max must be at least 1, got 0"),
+    (dict(batch_size=0), "batch_size must be at least 1, got 0"),
+    (dict(n0=11, n_max=10), "n0 (11) is larger than n_max (10): selection should use fewer samples than estimation, "
+                            "e.g. n0 = 100, n_max = 100000"),
+])
+def test_certify_sequential_names_the_bad_argument(call, message):
+    from rrcm.smoothing.smooth import InvalidArgument
+
+    arguments = {**dict(n0=10, n_max=1000, alpha=0.001, batch_size=100, target_radius=0.5), **call}
+    with pytest.raises(InvalidArgument) as error:
+        Smooth(Float64Linear().eval(), 10, 0.5).certify_sequential(DATA[0][0], **arguments)
+    assert str(error.value) == message
+
+
+def test_certify_sequential_takes_the_smallest_settings_that_are_allowed():
+    smooth = Smooth(Float64Linear().eval(), 10, 0.5)
+    # n0 == n_max == 2 (at α = 0.3 two agreeing samples can certify), batch size 1
+    cert = smooth.certify_sequential(DATA[0][0], 2, 2, 0.3, 1, idx=0, target_radius=0.0)
+    assert cert.samples_used == 2 and 0 <= cert.count_selection <= 2
