@@ -253,6 +253,8 @@ def run_train(args) -> int:
 
 # -- certify ---------------------------------------------------------------------------------------
 def add_certify_parser(sub) -> None:
+    from .smoothing.procedures import SEQUENCES, SequentialCertify
+
     p = sub.add_parser("certify", help="certify a data set with a smoothed classifier (Cohen et al.'s CERTIFY)",
                        description="Run CERTIFY on every --skip-th test example and write a tab-separated log "
                                    "(Cohen's columns first). Re-running the same command resumes; under torchrun "
@@ -293,13 +295,16 @@ def add_certify_parser(sub) -> None:
     p.add_argument("--radii", type=_radii_argument, default=None,
                    help="sequential: settle every radius of this grid, a list 0,0.5,1 or a range start:stop:step such "
                         "as 0:1.5:0.25 (the radii a report will show)")
-    p.add_argument("--step", type=int, default=100, help="sequential: samples in the first step (default 100)")
-    p.add_argument("--step-growth", type=float, default=0.1, dest="growth",
-                   help="sequential: each later step adds this fraction of the samples so far (default 0.1)")
-    p.add_argument("--futility-alpha", type=_optional_fraction, default=0.01,
+    p.add_argument("--step", type=int, default=SequentialCertify.step,
+                   help=f"sequential: samples in the first step (default {SequentialCertify.step})")
+    p.add_argument("--step-growth", type=float, default=SequentialCertify.growth, dest="growth",
+                   help="sequential: each later step adds this fraction of the samples so far "
+                        f"(default {SequentialCertify.growth:g})")
+    p.add_argument("--futility-alpha", type=_optional_fraction, default=SequentialCertify.futility_alpha,
                    help="sequential: stop without certifying a radius once even the Clopper-Pearson upper bound at "
-                        "this level could not reach it within the budget (default 0.01; 'none' turns it off)")
-    p.add_argument("--sequence", choices=("centred", "kt"), default="centred",
+                        f"this level could not reach it within the budget (default {SequentialCertify.futility_alpha:g}; "
+                        "'none' turns it off)")
+    p.add_argument("--sequence", choices=SEQUENCES, default=SequentialCertify.sequence,
                    help="sequential: the confidence sequence, a Beta-mixture centred on the selection samples' "
                         "estimate (default) or the Krichevsky-Trofimov mixture")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

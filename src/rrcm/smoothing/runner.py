@@ -56,10 +56,10 @@ class CertifySettings:
     procedure: str = "cohen"  # or "sequential": then n is the budget, and the settings below apply
     target_radius: float | None = None
     radii: tuple[float, ...] | None = None
-    step: int = 100
-    growth: float = 0.1
-    futility_alpha: float | None = 0.01
-    sequence: str = "centred"
+    step: int = SequentialCertify.step  # the procedure's own defaults
+    growth: float = SequentialCertify.growth
+    futility_alpha: float | None = SequentialCertify.futility_alpha
+    sequence: str = SequentialCertify.sequence
 
     def certification_procedure(self) -> CohenCertify | SequentialCertify:
         if self.procedure == "cohen":

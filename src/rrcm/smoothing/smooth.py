@@ -73,6 +73,18 @@ def _check_image(x, *, finite: bool = True) -> None:
         raise InvalidArgument("x contains NaN or infinite pixels")
 
 
+def _check_certify_arguments(x, n0, n, alpha, batch_size, *, n_name: str) -> tuple[int, int, float, int]:
+    """CERTIFY's arguments checked (InvalidArgument naming the bad one) and converted; `n_name` is what the
+    caller calls its estimation budget (n, or n_max)."""
+    _check_image(x)
+    n0 = _count("n0", n0, 1)
+    n = _count(n_name, n, 1)
+    if n0 > n:
+        raise InvalidArgument(f"n0 ({n0}) is larger than {n_name} ({n}): selection should use fewer samples than "
+                              f"estimation, e.g. n0 = 100, {n_name} = 100000")
+    return n0, n, _check_alpha(alpha), _count("batch_size", batch_size, 1)
+
+
 class Smooth:
     """A smoothed classifier around `base_classifier` (pixels in [0, 1] → logits)."""
 
@@ -124,14 +136,7 @@ class Smooth:
     def certify_with_details(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int, *,
                              idx: int | None = None) -> Certificate:
         """CERTIFY with everything it decided (see `Certificate`)."""
-        _check_image(x)
-        n0 = _count("n0", n0, 1)
-        n = _count("n", n, 1)
-        if n0 > n:
-            raise InvalidArgument(f"n0 ({n0}) is larger than n ({n}): selection should use fewer samples than "
-                                  "estimation, e.g. n0 = 100, n = 100000")
-        alpha = _check_alpha(alpha)
-        batch_size = _count("batch_size", batch_size, 1)
+        n0, n, alpha, batch_size = _check_certify_arguments(x, n0, n, alpha, batch_size, n_name="n")
         return self.run(CohenCertify(n0, n, alpha), x, batch_size, idx=idx)
 
     def certify_sequential(self, x: torch.Tensor, n0: int, n_max: int, alpha: float, batch_size: int, *,
@@ -143,14 +148,7 @@ class Smooth:
         Give exactly one of `target_radius` (decide "robust at r") or `radii` (settle every radius of a grid).
         `options` are SequentialCertify's (step, growth, futility_alpha, sequence).
         """
-        _check_image(x)
-        n0 = _count("n0", n0, 1)
-        n_max = _count("n_max", n_max, 1)
-        if n0 > n_max:
-            raise InvalidArgument(f"n0 ({n0}) is larger than n_max ({n_max}): selection should use fewer samples "
-                                  "than estimation, e.g. n0 = 100, n_max = 100000")
-        alpha = _check_alpha(alpha)
-        batch_size = _count("batch_size", batch_size, 1)
+        n0, n_max, alpha, batch_size = _check_certify_arguments(x, n0, n_max, alpha, batch_size, n_name="n_max")
         try:
             radii = None if radii is None else tuple(sorted(set(float(r) for r in radii)))
             target_radius = None if target_radius is None else float(target_radius)
