@@ -375,7 +375,7 @@ def test_every_written_file_gets_the_umask_permissions(umask, tmp_path):
 
 def test_a_training_run_writes_files_with_the_umask_permissions(umask, tmp_path):
     from rrcm.train.config import TrainConfig
-    from rrcm.train.loop import train_classifier
+    from rrcm.train.classifier import train_classifier
 
     cfg = TrainConfig(data="digits", arch="lenet5", sigma=0.25, epochs=1, batch_size=256, lr=0.05, device="cpu")
     train_classifier(cfg, tmp_path / "run", progress=False)
@@ -392,7 +392,7 @@ def _fail(*args, **kwargs):
 
 def _train(out):
     from rrcm.train.config import TrainConfig
-    from rrcm.train.loop import train_classifier
+    from rrcm.train.classifier import train_classifier
 
     train_classifier(TrainConfig(data="digits", arch="lenet5", sigma=0.25, epochs=1, batch_size=256, device="cpu"),
                      out, progress=False)
@@ -414,9 +414,9 @@ def _train_denoiser(out):
                    out, progress=False)
 
 
-RUNS = {"train": (_train, "rrcm.train.loop.gaussian_objective"),
+RUNS = {"train": (_train, "rrcm.train.objectives.gaussian_objective"),
         "pretrain": (_pretrain, "rrcm.train.pretrain.make_batch"),
-        "train-denoiser": (_train_denoiser, "rrcm.baselines.denoiser._generator")}
+        "train-denoiser": (_train_denoiser, "rrcm.baselines.denoiser.DenoiserTask.step")}
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "existing-empty-folder"])

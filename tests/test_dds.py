@@ -173,7 +173,7 @@ def denoiser_run(tmp_path_factory):
 def clean_classifier(tmp_path_factory):
     """A LeNet-5 trained on clean digits (no smoothing noise), as DDS uses."""
     from rrcm.train.config import TrainConfig
-    from rrcm.train.loop import train_classifier
+    from rrcm.train.classifier import train_classifier
 
     out = tmp_path_factory.mktemp("clean")
     cfg = TrainConfig(data="digits", arch="lenet5", method="clean", epochs=3, batch_size=64, lr=0.05, device="cpu")

@@ -11,7 +11,7 @@ from rrcm.checkpoint import load_checkpoint, load_state, read_checkpoint_config
 from rrcm.cli import main
 from rrcm.errors import UserError
 from rrcm.train.config import TrainConfig
-from rrcm.train.loop import train_classifier
+from rrcm.train.classifier import train_classifier
 from rrcm.train.pretrain import STATE_FILE, PretrainConfig, pretrain
 
 SMALL = {"width": 32, "depth": 2, "heads": 2, "patch_size": 4}
@@ -126,14 +126,14 @@ def test_certify_refuses_an_encoder(finetuned, tmp_path, capsys):
 
 
 def test_layer_decay_scales_learning_rates(finetuned):
-    from rrcm.train.loop import layer_id, parameter_groups
+    from rrcm.train.engine import layer_id, parameter_groups
 
     _, checkpoint = finetuned
     model, config = load_checkpoint(checkpoint)
     depth = config["model"]["depth"]
     assert layer_id("encoder.cls_token", depth) == 0 and layer_id("encoder.blocks.1.attn.qkv.weight", depth) == 2
     assert layer_id("head.weight", depth) == depth + 1
-    groups = parameter_groups(TrainConfig(layer_decay=0.5), model, depth)
+    groups = parameter_groups(model, TrainConfig().weight_decay, layer_decay=0.5, depth=depth)
     scales = {g["lr_scale"] for g in groups}
     assert scales == {0.5 ** k for k in range(depth + 2)}
 

@@ -10,7 +10,8 @@ from rrcm.checkpoint import load_checkpoint, load_state, read_checkpoint_config,
 from rrcm.errors import UserError
 from rrcm.models import build_model, model_config
 from rrcm.train.config import TrainConfig
-from rrcm.train.loop import STATE_FILE, learning_rate, train_classifier
+from rrcm.train.classifier import STATE_FILE, engine_settings, train_classifier
+from rrcm.train.schedule import warmup_cosine
 from rrcm.train.objectives import consistency_losses, consistency_objective, gaussian_objective
 
 
@@ -48,11 +49,17 @@ def test_objectives_add_noise_on_pixels():
 
 
 def test_learning_rate_warmup_then_cosine():
-    cfg = TrainConfig(lr=0.1, warmup_epochs=1, epochs=3)
-    assert learning_rate(cfg, 0, 30, 10) == pytest.approx(0.01)
-    assert learning_rate(cfg, 9, 30, 10) == pytest.approx(0.1)
-    assert learning_rate(cfg, 20, 30, 10) == pytest.approx(0.05)
-    assert learning_rate(cfg, 30, 30, 10) == pytest.approx(0.0)
+    cfg = TrainConfig(lr=0.1, warmup_epochs=1, epochs=3, batch_size=10)
+    settings = engine_settings(cfg, num_examples=95)  # 10 steps per epoch, the last one of 5 examples
+    assert (settings.total_steps, settings.warmup_steps, settings.log_every) == (30, 10, 10)
+
+    def learning_rate(step):
+        return warmup_cosine(settings.lr, step, settings.total_steps, settings.warmup_steps)
+
+    assert learning_rate(0) == pytest.approx(0.01)
+    assert learning_rate(9) == pytest.approx(0.1)
+    assert learning_rate(20) == pytest.approx(0.05)
+    assert learning_rate(30) == pytest.approx(0.0)
 
 
 TINY = dict(data="digits", arch="lenet", sigma=0.25, epochs=3, batch_size=64, lr=0.05, device="cpu")
@@ -168,7 +175,7 @@ def test_torchrun_two_process_training_runs_and_checkpoints(tmp_path, cli_env):
 def test_clean_method_trains_without_noise(method, noise_free, tmp_path, monkeypatch):
     """Every input the model sees in clean training is exactly a training image (σ is set, to show it is
     ignored); under Gaussian augmentation none is, which shows the check can fail."""
-    import rrcm.train.loop as loop
+    import rrcm.train.classifier as loop
     from rrcm.data import load_dataset
 
     seen = []

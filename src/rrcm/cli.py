@@ -230,7 +230,7 @@ def train_config_from_args(args) -> "TrainConfig":
 
 
 def run_train(args) -> int:
-    from .train.loop import resolve_run_config, train_classifier
+    from .train.classifier import resolve_run_config, train_classifier
 
     cfg = train_config_from_args(args)
     if args.dry_run:

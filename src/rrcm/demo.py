@@ -58,7 +58,7 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", dry_
     from .distributed import init_distributed
     from .smoothing.runner import CertifySettings, certify_dataset
     from .train.config import TrainConfig
-    from .train.loop import train_classifier
+    from .train.classifier import train_classifier
     from .train.pretrain import PretrainConfig, pretrain
 
     plan = QUICK if quick else FULL

@@ -20,7 +20,7 @@ CACHE_VARIABLE = "RRCM_TEST_FIXTURE_CACHE"
 def build_tiny_checkpoint(out: Path) -> Path:
     """A LeNet-5 trained for two epochs on digits with Gaussian noise σ = 0.5 (seconds on a CPU)."""
     from rrcm.train.config import TrainConfig
-    from rrcm.train.loop import train_classifier
+    from rrcm.train.classifier import train_classifier
 
     cfg = TrainConfig(data="digits", arch="lenet5", sigma=0.5, epochs=2, batch_size=64, lr=0.05, device="cpu")
     return train_classifier(cfg, out, progress=False)

@@ -3,9 +3,9 @@
 Training is the standard DDPM objective (Ho et al. 2020): images in [0, 1] are mapped to [-1, 1],
 t ~ U{0, …, T−1}, x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε with a `diffusers.DDPMScheduler` (linear betas
 1e-4 … 0.02 over 1000 steps by default), loss ‖ε̂(x_t, t) − ε‖². AdamW, linear warm-up then cosine
-decay, gradient clipping. All randomness of a step (t, ε, flips, dropout) comes from generators seeded
-by (seed, step, rank), and the example order from (seed, epoch): a resumed run follows the
-uninterrupted one exactly. No EMA of the weights (DDPM's EMA matters for sampling quality, much less
+decay, gradient clipping, in the training engine (`rrcm.train.engine`), which seeds every step's
+randomness (t, ε, flips, dropout) by (seed, step, rank): a resumed run follows the uninterrupted one
+exactly. No EMA of the weights (DDPM's EMA matters for sampling quality, much less
 for the one-step denoising DDS does).
 
 Outputs in `out_dir` (`rrcm train-denoiser`; re-running the same command resumes):
@@ -30,31 +30,28 @@ import math
 import numbers
 import os
 import platform
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .. import __version__
-from ..checkpoint import load_state, read_checkpoint_config, save_checkpoint, save_state
+from ..checkpoint import read_checkpoint_config, save_checkpoint
 from ..data import load_dataset, probe_dataset
 from ..data.augment import random_hflip
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import check_output_folder, write_json_atomic
-from ..smoothing.noise import derive_seed
+from ..train import engine
 from ..train.config import config_from_dict
-from ..train.schedule import warmup_cosine
-from ..train.outputs import CONFIG_FILE, check_resumable, write_metrics
+from ..train.engine import StepContext, StepOutput
 
 DENOISER_ARCH = "ddpm_unet"
 DENOISER_FILE = "denoiser.safetensors"
-STATE_FILE = "train_state.safetensors"
+STATE_FILE = engine.STATE_FILE
 METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "seconds")
+NOISE_STREAM = 20  # the generator stream of a step's flips, timesteps and noise (engine.StepContext.generator)
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -298,7 +295,7 @@ class DenoiserConfig:
     augment: bool = True  # random horizontal flips for colour data sets (none for digits and MNIST)
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
 
     @classmethod
@@ -324,8 +321,8 @@ class DenoiserConfig:
             raise UserError(f"betas must satisfy 0 < beta-start < beta-end < 1, got {self.beta_start}, {self.beta_end}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise UserError(f"unknown beta schedule {self.beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
+        if self.precision not in engine.PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose {', '.join(engine.PRECISIONS)}")
 
 
 def denoiser_model_config(channels: int, image_size: int, *, size: str = "small",
@@ -368,9 +365,64 @@ def resolve_denoiser_config(cfg: DenoiserConfig, info=None) -> dict[str, Any]:
             "python": platform.python_version(), "train": cfg.to_dict(), "model": model, "data": info.to_dict()}
 
 
-def learning_rate(cfg: DenoiserConfig, step: int, total_steps: int) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to zero."""
-    return warmup_cosine(cfg.lr, step, total_steps, cfg.warmup_steps)
+class DenoiserTask:
+    """One DDPM denoiser training run for the training engine (`rrcm.train.engine`)."""
+
+    what = "denoiser training"
+    settings_key = "train"
+    final_file = DENOISER_FILE
+    metric_columns = METRIC_COLUMNS
+
+    def __init__(self, cfg: DenoiserConfig, dataset, run_config: dict[str, Any]):
+        self.cfg, self.dataset, self.run_config = cfg, dataset, run_config
+        self.num_examples = len(dataset)
+        per_epoch = engine.steps_per_epoch(self.num_examples, cfg.batch_size, drop_last=False)
+        self.settings = engine.EngineSettings(
+            seed=cfg.seed, total_steps=per_epoch * cfg.epochs, batch_size=cfg.batch_size, drop_last=False,
+            lr=cfg.lr, warmup_steps=cfg.warmup_steps, log_every=per_epoch,
+            checkpoint_every=cfg.checkpoint_every * per_epoch, optimizer="adamw", grad_clip=cfg.grad_clip,
+            precision=cfg.precision, gradient_sync="ddp")
+        self.flip = cfg.augment and dataset.info.channels == 3
+        self.scheduler = make_scheduler(run_config["model"]["scheduler"])
+
+    def build(self, ctx: DistContext) -> torch.nn.Module:
+        return build_unet(self.run_config["model"]).to(ctx.device)
+
+    def parameter_groups(self, model: torch.nn.Module) -> list[dict]:
+        return engine.parameter_groups(model, self.cfg.weight_decay)
+
+    def describe(self, model: torch.nn.Module, device: torch.device) -> str:
+        cfg = self.cfg
+        return (f"training a DDPM denoiser ({sum(p.numel() for p in model.parameters()):,} parameters, "
+                f"{cfg.num_train_timesteps} {cfg.beta_schedule} steps) on {cfg.data} ({self.num_examples} images) "
+                f"for {cfg.epochs} epochs on {device}")
+
+    def step(self, model, forward, indices: torch.Tensor, ctx: StepContext) -> StepOutput:
+        x, _ = self.dataset.batch(indices)
+        generator = ctx.generator(NOISE_STREAM)
+        if self.flip:
+            x = random_hflip(x, generator)
+        x0 = x * 2.0 - 1.0
+        timesteps = torch.randint(0, self.cfg.num_train_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        noisy = self.scheduler.add_noise(x0, noise, timesteps)
+        noisy, noise, timesteps = noisy.to(ctx.device), noise.to(ctx.device), timesteps.to(ctx.device)
+        predicted = forward(noisy, timesteps).sample
+        loss = torch.nn.functional.mse_loss(predicted.float(), noise)
+        return StepOutput(loss, {"loss": loss.detach() * x0.shape[0]}, x0.shape[0])
+
+    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
+        pass
+
+    def row_values(self, step: int) -> dict[str, Any]:
+        return {}
+
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        run_config = self.run_config
+        config = {"kind": "denoiser", "rrcm_version": __version__, "model": run_config["model"],
+                  "data": run_config["data"], "train": run_config["train"], "epochs_trained": self.cfg.epochs,
+                  "steps_trained": self.settings.total_steps}
+        save_checkpoint(path, model, config)
 
 
 def train_denoiser(cfg: DenoiserConfig, out_dir: str | os.PathLike, *, progress: bool = True,
@@ -379,129 +431,15 @@ def train_denoiser(cfg: DenoiserConfig, out_dir: str | os.PathLike, *, progress:
 
     `stop_after_epoch` ends the run early after that epoch's checkpoint, as an interruption would.
     """
-    out_dir = Path(out_dir)
     cfg.validate()
     dataset = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)
-    info = dataset.info
-    run_config = resolve_denoiser_config(cfg, info)
+    task = DenoiserTask(cfg, dataset, resolve_denoiser_config(cfg, dataset.info))
     ctx = ctx or init_distributed(cfg.device)
-    final_path = out_dir / DENOISER_FILE
-    if final_path.exists():
-        if read_checkpoint_config(final_path).get("train") != run_config["train"]:
-            raise UserError(f"{final_path} was trained with different settings; use another --out")
-        if ctx.is_main:
-            print(f"{final_path} is already trained; nothing to do")
-        return final_path
-    check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("train", "model"), what="denoiser run")
-    if ctx.is_main:  # an unwritable --out is refused now; config.json comes with the first training state
-        check_output_folder(out_dir)
-
-    device = ctx.device
-    torch.manual_seed(derive_seed(cfg.seed, 0))  # identical initial weights on every process
-    unet = build_unet(run_config["model"]).to(device)
-    scheduler = make_scheduler(run_config["model"]["scheduler"])
-    decay = [p for p in unet.parameters() if p.ndim > 1]
-    no_decay = [p for p in unet.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    train_model = unet
-    if ctx.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            unet, device_ids=[device.index] if device.type == "cuda" else None)
-
-    num_examples = len(dataset)
-    steps_per_epoch = math.ceil(num_examples / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    start_epoch, step, metric_rows = 0, 0, []
-    state_path = out_dir / STATE_FILE
-    if state_path.exists():
-        state = load_state(state_path)
-        unet.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, metric_rows = state["epoch"], state["step"], state["metrics"]
-        if ctx.is_main:
-            print(f"resuming {out_dir} after epoch {start_epoch} of {cfg.epochs}")
-    if ctx.is_main:
-        print(f"training a DDPM denoiser ({sum(p.numel() for p in unet.parameters()):,} parameters, {cfg.num_train_timesteps} "
-              f"{cfg.beta_schedule} steps) on {cfg.data} ({num_examples} images) for {cfg.epochs} epochs on {device}")
-    num_timesteps = cfg.num_train_timesteps
-    flip = cfg.augment and info.channels == 3
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
-                else torch.autocast(device_type=device.type, enabled=False))
-    lr = learning_rate(cfg, step, total_steps)
-    for epoch in range(start_epoch, cfg.epochs):
-        unet.train()
-        t0 = time.perf_counter()
-        order = torch.randperm(num_examples, generator=_generator(cfg.seed, 3, epoch))
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
-                   disable=not (progress and ctx.is_main), dynamic_ncols=True)
-        for batch_number in bar:
-            global_batch = order[batch_number * cfg.batch_size : (batch_number + 1) * cfg.batch_size]
-            local = global_batch[ctx.rank :: ctx.world_size]
-            x, _ = dataset.batch(local)
-            generator = _generator(cfg.seed, 20, step, ctx.rank)
-            if flip:
-                x = random_hflip(x, generator)
-            x0 = x * 2.0 - 1.0
-            timesteps = torch.randint(0, num_timesteps, (x0.shape[0],), generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            noisy = scheduler.add_noise(x0, noise, timesteps)
-            noisy, noise, timesteps = noisy.to(device), noise.to(device), timesteps.to(device)
-            lr = learning_rate(cfg, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(derive_seed(cfg.seed, 21, step, ctx.rank))  # dropout, if the UNet has any
-            with autocast:
-                predicted = train_model(noisy, timesteps).sample
-            loss = torch.nn.functional.mse_loss(predicted.float(), noise)
-            if not torch.isfinite(loss):
-                raise UserError(f"denoiser training diverged (loss {float(loss)} at step {step}); lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            loss_sum += loss.detach() * x0.shape[0]
-            seen += x0.shape[0]
-        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
-        if ctx.enabled:
-            torch.distributed.all_reduce(totals)
-        metric_rows.append({"epoch": epoch + 1, "step": step, "lr": lr, "loss": float(totals[0] / totals[1]),
-                            "seconds": round(time.perf_counter() - t0, 3)})
-        if ctx.is_main and progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {metric_rows[-1]['loss']:.4f} ({metric_rows[-1]['seconds']:.1f}s)")
-        last = epoch + 1 == cfg.epochs
-        if ctx.is_main and (last or (epoch + 1) % cfg.checkpoint_every == 0 or stop_after_epoch == epoch + 1):
-            write_json_atomic(out_dir / CONFIG_FILE, run_config)  # with the first thing the run keeps
-            save_state(state_path, {"model": unet.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "epoch": epoch + 1, "step": step, "metrics": metric_rows})
-            write_metrics(out_dir, metric_rows, METRIC_COLUMNS)
-        if stop_after_epoch == epoch + 1 and not last:
-            if ctx.enabled:
-                torch.distributed.barrier()
-            return state_path
-
-    if ctx.is_main:
-        checkpoint_config = {"kind": "denoiser", "rrcm_version": __version__, "model": run_config["model"],
-                             "data": run_config["data"], "train": run_config["train"], "epochs_trained": cfg.epochs,
-                             "steps_trained": step}
-        save_checkpoint(final_path, unet, checkpoint_config)
-        state_path.unlink(missing_ok=True)
-    if ctx.enabled:
-        torch.distributed.barrier()
-    return final_path
+    stop_after_step = None if stop_after_epoch is None else stop_after_epoch * task.settings.log_every
+    return engine.train(task, out_dir, ctx, progress=progress, stop_after_step=stop_after_step)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-def _generator(*keys: int) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(derive_seed(*keys))
-    return generator
-
 
 def _short(e: BaseException, limit: int = 160) -> str:
     text = " ".join(str(e).split())

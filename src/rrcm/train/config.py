@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from .engine import OPTIMIZERS, PRECISIONS
 from .objectives import METHODS
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def config_from_dict(cls, values: dict[str, Any], what: str):
@@ -44,7 +43,7 @@ class TrainConfig:
     augment: bool = True  # the data set's standard augmentation (crop + flip for colour images)
     seed: int = 0
     device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     # rRCM fine-tuning (arch rrcm_vit) and general fine-tuning options
     pretrained: str | None = None  # encoder.safetensors from `rrcm pretrain`
@@ -69,8 +68,8 @@ class TrainConfig:
             raise UserError(f"sigma must be a positive number, got {self.sigma}; use e.g. --sigma 0.25")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
         for name in ("epochs", "batch_size", "num_noise", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

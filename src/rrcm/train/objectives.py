@@ -1,6 +1,6 @@
 """Training objectives of the classical smoothing baselines.
 
-Both add Gaussian noise on [0, 1] pixels (before the model's own normalisation), as certification does.
+The noisy ones add Gaussian noise on [0, 1] pixels (before the model's own normalisation), as certification does.
 - gaussian (Cohen et al. 2019): cross-entropy on x + σε.
 - clean: plain cross-entropy without noise (the off-the-shelf classifier of diffusion denoised smoothing).
 - consistency (Jeong & Shin 2020): m noisy copies; mean cross-entropy + λ·mean_i KL(p̄ ‖ p_i)
@@ -10,18 +10,16 @@ Both add Gaussian noise on [0, 1] pixels (before the model's own normalisation),
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
-METHODS = ("gaussian", "consistency", "clean")
 
 
 @dataclass(frozen=True)
 class ObjectiveOutput:
     loss: torch.Tensor
     logits: torch.Tensor  # logits of the first noisy copy, for training accuracy
-    parts: dict[str, float]
 
 
 def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
@@ -31,15 +29,13 @@ def add_noise(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torc
 def gaussian_objective(model, x, y, *, sigma: float, generator: torch.Generator) -> ObjectiveOutput:
     """`y`: class indices (B,) or soft targets (B, K)."""
     logits = model(add_noise(x, sigma, generator))
-    loss = F.cross_entropy(logits.float(), y)
-    return ObjectiveOutput(loss, logits, {"xent": float(loss.detach())})
+    return ObjectiveOutput(F.cross_entropy(logits.float(), y), logits)
 
 
 def clean_objective(model, x, y) -> ObjectiveOutput:
     """`y`: class indices (B,) or soft targets (B, K)."""
     logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
-    return ObjectiveOutput(loss, logits, {"xent": float(loss.detach())})
+    return ObjectiveOutput(F.cross_entropy(logits.float(), y), logits)
 
 
 def consistency_losses(logits_per_copy: list[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,6 +60,36 @@ def consistency_objective(model, x, y, *, sigma: float, generator: torch.Generat
     logits_all = model(noisy)
     logits_per_copy = list(logits_all.split(batch))
     xent, kl, entropy = consistency_losses(logits_per_copy, y)
-    loss = xent + lbd * kl + eta * entropy
-    return ObjectiveOutput(loss, logits_per_copy[0],
-                           {"xent": float(xent.detach()), "kl": float(kl.detach()), "entropy": float(entropy.detach())})
+    return ObjectiveOutput(xent + lbd * kl + eta * entropy, logits_per_copy[0])
+
+
+# The registry of training methods: name -> a factory from the training config (`TrainConfig`) to the
+# objective, called as objective(model, x, targets, generator). A new method is one function here.
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generator], ObjectiveOutput]
+OBJECTIVES: dict[str, Callable[..., Objective]] = {}
+
+
+def register_objective(name: str):
+    def add(factory):
+        OBJECTIVES[name] = factory
+        return factory
+    return add
+
+
+@register_objective("gaussian")
+def _gaussian(cfg) -> Objective:
+    return lambda model, x, y, generator: gaussian_objective(model, x, y, sigma=cfg.sigma, generator=generator)
+
+
+@register_objective("consistency")
+def _consistency(cfg) -> Objective:
+    return lambda model, x, y, generator: consistency_objective(model, x, y, sigma=cfg.sigma, generator=generator,
+                                                                num_noise=cfg.num_noise, lbd=cfg.lbd, eta=cfg.eta)
+
+
+@register_objective("clean")
+def _clean(cfg) -> Objective:
+    return lambda model, x, y, generator: clean_objective(model, x, y)
+
+
+METHODS = tuple(OBJECTIVES)

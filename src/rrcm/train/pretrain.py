@@ -7,10 +7,9 @@ global batch:
   instance    two augmented views at σ_min; query: projector(encoder(view 1)); key: the EMA target's
               projector(encoder(view 2)); with `symmetric`, the swapped pair is added as well.
 One grid index i per step for the whole global batch; the number of grid points follows the
-21 → 41 → 81 curriculum. All randomness of a step comes from generators seeded by (seed, step, rank),
-so a resumed run follows the uninterrupted one exactly. The running sums of the current metrics window
-travel in the training state too, so a resumed run writes the same metrics.csv (all but `seconds`, the
-wall-clock time spent training in the window) even when --checkpoint-every is not a multiple of --log-every.
+21 → 41 → 81 curriculum. A task of the training engine (`engine.py`), which makes a resumed run follow
+the uninterrupted one exactly, metrics.csv included (all but `seconds`). Gradients are averaged by one
+explicit all-reduce, not DDP (see `contrastive.average_gradients`).
 
 Outputs in `out_dir`: config.json, metrics.csv, train_state.safetensors (resume) and
 encoder.safetensors (the pre-trained encoder with its config; the projector is dropped).
@@ -19,38 +18,30 @@ encoder.safetensors (the pre-trained encoder with its config; the projector is d
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from .. import __version__, diffusion
-from ..checkpoint import load_state, save_checkpoint, save_state
+from ..checkpoint import save_checkpoint
 from ..data import load_dataset
 from ..data.augment import train_augment
 from ..data.contrastive import two_views
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
-from ..fileio import check_output_folder, write_json_atomic
 from ..models import count_parameters, model_config
 from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config
-from .contrastive import EMATarget, average_gradients, convert_to_global_batchnorm, ema_momentum, info_nce
-from .loop import seeded_generator
+from . import engine
 from .config import config_from_dict
-from .schedule import warmup_cosine
-from .outputs import CONFIG_FILE, check_resumable, write_metrics
+from .contrastive import EMATarget, convert_to_global_batchnorm, ema_momentum, info_nce
+from .engine import StepContext, StepOutput
 
 ENCODER_FILE = "encoder.safetensors"
-STATE_FILE = "train_state.safetensors"
+STATE_FILE = engine.STATE_FILE
 METRIC_COLUMNS = ("step", "num_points", "lr", "ema", "loss", "trajectory", "instance", "seconds")
-
-
-def _empty_window() -> dict[str, Any]:
-    """Running sums of one metrics row; `seconds` counts training time only (not the time before a resume)."""
-    return {"loss": 0.0, "trajectory": 0.0, "instance": 0.0, "count": 0, "seconds": 0.0}
+BATCH_STREAM, GRID_STREAM = 10, 11  # generator streams of a step (engine.StepContext.generator)
 
 
 @dataclass
@@ -168,10 +159,9 @@ def resolve_pretrain_config(cfg: PretrainConfig, info) -> dict[str, Any]:
                      "sigma_data": diffusion.SIGMA_DATA, "curriculum": [cfg.curriculum_start, cfg.curriculum_end]}}
 
 
-def make_batch(dataset, indices: torch.Tensor, cfg: PretrainConfig, step: int, rank: int,
-               device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(dataset, indices: torch.Tensor, cfg: PretrainConfig, ctx: StepContext) -> dict[str, torch.Tensor]:
     """The local inputs of one step: clean images in [−1, 1], their noise, and two augmented views."""
-    generator = seeded_generator(cfg.seed, 10, step, rank)
+    generator = ctx.generator(BATCH_STREAM)
     x01, _ = dataset.batch(indices)
     augment = train_augment(cfg.data)
     grey = x01.shape[1] == 1
@@ -180,13 +170,82 @@ def make_batch(dataset, indices: torch.Tensor, cfg: PretrainConfig, step: int, r
     batch = {"x": x, "view1": diffusion.pixels_to_diffusion(view1), "view2": diffusion.pixels_to_diffusion(view2)}
     for name in ("eps", "eps1", "eps2"):
         batch[name] = torch.randn(x.shape, generator=generator)
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+
+
+class PretrainTask:
+    """One rRCM pre-training run for the engine."""
+
+    what = "pre-training"
+    settings_key = "pretrain"
+    final_file = ENCODER_FILE
+    metric_columns = METRIC_COLUMNS
+
+    def __init__(self, cfg: PretrainConfig, dataset, run_config: dict[str, Any]):
+        self.cfg, self.dataset, self.run_config = cfg, dataset, run_config
+        self.num_examples = len(dataset)
+        self.settings = engine.EngineSettings(
+            seed=cfg.seed, total_steps=cfg.steps, batch_size=cfg.batch_size, drop_last=True, lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            optimizer="adamw", grad_clip=cfg.grad_clip, precision=cfg.precision, gradient_sync="all_reduce")
+
+    def build(self, ctx: DistContext) -> torch.nn.Module:
+        cfg = self.cfg
+        encoder = encoder_from_config(self.run_config["model"])
+        model = ContrastiveDenoiser(encoder, self.run_config["model"]["width"], cfg.projector_hidden, cfg.projector_dim)
+        if ctx.enabled:
+            convert_to_global_batchnorm(model)
+        return model.to(ctx.device)
+
+    def parameter_groups(self, model: torch.nn.Module) -> list[dict]:
+        return engine.parameter_groups(model, self.cfg.weight_decay)
+
+    def describe(self, model: torch.nn.Module, device: torch.device) -> str:
+        cfg = self.cfg
+        return (f"pre-training an rRCM encoder ({count_parameters(model.encoder):,} parameters) on {cfg.data} "
+                f"({self.num_examples} images) for {cfg.steps} steps of {cfg.batch_size} on {device}")
+
+    def num_points(self, step: int) -> int:
+        cfg = self.cfg
+        return diffusion.curriculum_num_points(step, cfg.steps, cfg.curriculum_start, cfg.curriculum_end)
+
+    def step(self, model, forward, indices: torch.Tensor, ctx: StepContext) -> StepOutput:
+        cfg = self.cfg
+        batch = make_batch(self.dataset, indices, cfg, ctx)
+        num_points = self.num_points(ctx.step)
+        grid = diffusion.karras_sigmas(num_points)
+        # one grid index for the whole global batch: the same draw on every process
+        i = diffusion.sample_adjacent_index(num_points, ctx.generator(GRID_STREAM, per_rank=False))
+        loss, parts = forward(batch, float(grid[i]), float(grid[i + 1]), temperature=cfg.temperature,
+                              trajectory_weight=cfg.trajectory_weight, instance_weight=cfg.instance_weight,
+                              symmetric=cfg.symmetric)
+        n = len(indices)
+        sums = {"loss": loss.detach() * n}
+        for name in ("trajectory", "instance"):
+            sums[name] = parts[name].detach() * n if name in parts else torch.zeros((), device=ctx.device)
+        return StepOutput(loss, sums, n)
+
+    def momentum(self, step: int) -> float:
+        cfg = self.cfg
+        return ema_momentum(step, cfg.steps, cfg.ema_schedule, cfg.ema_base, cfg.ema_final)
+
+    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
+        model.update_target(self.momentum(step))
+
+    def row_values(self, step: int) -> dict[str, Any]:
+        return {"num_points": self.num_points(step), "ema": self.momentum(step)}
+
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        run_config = self.run_config
+        config = {"kind": "rrcm_encoder", "rrcm_version": __version__, "model": run_config["model"],
+                  "data": run_config["data"], "pretrain": run_config["pretrain"], "grid": run_config["grid"],
+                  "steps_trained": self.cfg.steps}
+        save_checkpoint(path, torch.nn.ModuleDict({"encoder": model.encoder}), config)
 
 
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
              stop_after_step: int | None = None, ctx: DistContext | None = None) -> Path:
     """Pre-train (or resume) an rRCM encoder; returns the path of encoder.safetensors."""
-    out_dir = Path(out_dir)
     ctx = ctx or init_distributed(cfg.device)
     cfg.validate(ctx.world_size)
     dataset = load_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)
@@ -194,124 +253,5 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, *, progress: bool = True,
         # every step takes one full global batch of distinct images; a smaller set would train on less
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(dataset)} training images of "
                         f"{cfg.data}; use --batch-size {len(dataset)} or less")
-    run_config = resolve_pretrain_config(cfg, dataset.info)
-    final_path = out_dir / ENCODER_FILE
-    if final_path.exists():
-        if ctx.is_main:
-            print(f"{final_path} is already pre-trained; nothing to do")
-        return final_path
-    check_resumable(out_dir, run_config, state_file=STATE_FILE, keys=("pretrain", "model"),
-                    what="pre-training run")
-    if ctx.is_main:  # an unwritable --out is refused now; config.json comes with the first training state
-        check_output_folder(out_dir)
-
-    device = ctx.device
-    torch.manual_seed(cfg.seed)  # identical initial weights on every process
-    encoder = encoder_from_config(run_config["model"])
-    model = ContrastiveDenoiser(encoder, run_config["model"]["width"], cfg.projector_hidden, cfg.projector_dim)
-    if ctx.enabled:
-        convert_to_global_batchnorm(model)
-    model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    if ctx.enabled:  # identical start on every process (the seed already makes it so; this makes sure)
-        for tensor in model.state_dict().values():
-            torch.distributed.broadcast(tensor, 0)
-
-    step, metric_rows, state = 0, [], {}
-    state_path = out_dir / STATE_FILE
-    if state_path.exists():
-        state = load_state(state_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, metric_rows = state["step"], state["metrics"]
-        if ctx.is_main:
-            print(f"resuming {out_dir} at step {step} of {cfg.steps}")
-    if ctx.is_main:
-        print(f"pre-training an rRCM encoder ({count_parameters(encoder):,} parameters) on {cfg.data} "
-              f"({len(dataset)} images) for {cfg.steps} steps of {cfg.batch_size} on {device}")
-
-    num_examples = len(dataset)
-    steps_per_epoch = max(1, num_examples // cfg.batch_size)  # drop the last partial batch
-    autocast = torch.autocast(device_type=device.type, enabled=cfg.precision != "fp32",
-                              dtype=torch.float16 if cfg.precision == "fp16" else torch.bfloat16)
-    # fp16 needs loss scaling; its scale is part of the resumable state
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    # a state written before the window was saved resumes with an empty one (its first row then averages
-    # only the steps after the resume)
-    window = {**_empty_window(), **state.get("window", {})}
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc="pretrain", unit="step",
-               disable=not (progress and ctx.is_main), dynamic_ncols=True)
-    while step < cfg.steps:
-        epoch, position = divmod(step, steps_per_epoch)
-        order = torch.randperm(num_examples, generator=seeded_generator(cfg.seed, 3, epoch))
-        global_batch = order[position * cfg.batch_size : (position + 1) * cfg.batch_size]
-        local = global_batch.view(ctx.world_size, -1)[ctx.rank]
-        batch = make_batch(dataset, local, cfg, step, ctx.rank, device)
-        num_points = diffusion.curriculum_num_points(step, cfg.steps, cfg.curriculum_start, cfg.curriculum_end)
-        grid = diffusion.karras_sigmas(num_points)
-        i = diffusion.sample_adjacent_index(num_points, seeded_generator(cfg.seed, 11, step))
-        lr = _learning_rate(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        model.target.network.train()
-        with autocast:
-            loss, parts = model(batch, float(grid[i]), float(grid[i + 1]), temperature=cfg.temperature,
-                                      trajectory_weight=cfg.trajectory_weight, instance_weight=cfg.instance_weight,
-                                      symmetric=cfg.symmetric)
-        if not torch.isfinite(loss):
-            raise UserError(f"pre-training diverged (loss {float(loss)} at step {step}); lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        average_gradients(model)
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        momentum = ema_momentum(step, cfg.steps, cfg.ema_schedule, cfg.ema_base, cfg.ema_final)
-        model.update_target(momentum)
-        step += 1
-        bar.update(1)
-        window["loss"] += float(loss.detach())
-        for name in ("trajectory", "instance"):
-            window[name] += float(parts[name].detach()) if name in parts else 0.0
-        window["count"] += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            n = window["count"]
-            metric_rows.append({"step": step, "num_points": num_points, "lr": lr, "ema": momentum,
-                                "loss": window["loss"] / n, "trajectory": window["trajectory"] / n,
-                                "instance": window["instance"] / n,
-                                "seconds": round(window["seconds"] + time.perf_counter() - t0, 3)})
-            bar.set_postfix_str(f"loss {metric_rows[-1]['loss']:.3f}")
-            window, t0 = _empty_window(), time.perf_counter()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after_step:
-            if ctx.is_main:
-                saved_window = {**window, "seconds": window["seconds"] + time.perf_counter() - t0}
-                write_json_atomic(out_dir / CONFIG_FILE, run_config)  # with the first thing the run keeps
-                save_state(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scaler": scaler.state_dict(), "step": step, "metrics": metric_rows,
-                                        "window": saved_window})
-                write_metrics(out_dir, metric_rows, METRIC_COLUMNS)
-        if step == stop_after_step and step < cfg.steps:
-            bar.close()
-            return state_path
-    bar.close()
-    if ctx.is_main:
-        checkpoint_config = {"kind": "rrcm_encoder", "rrcm_version": __version__, "model": run_config["model"],
-                             "data": run_config["data"], "pretrain": run_config["pretrain"], "grid": run_config["grid"],
-                             "steps_trained": cfg.steps}
-        save_checkpoint(final_path, torch.nn.ModuleDict({"encoder": model.encoder}), checkpoint_config)
-        state_path.unlink(missing_ok=True)
-    if ctx.enabled:
-        torch.distributed.barrier()
-    return final_path
-
-
-def _learning_rate(cfg: PretrainConfig, step: int) -> float:
-    return warmup_cosine(cfg.lr, step, cfg.steps, cfg.warmup_steps)
+    task = PretrainTask(cfg, dataset, resolve_pretrain_config(cfg, dataset.info))
+    return engine.train(task, out_dir, ctx, progress=progress, stop_after_step=stop_after_step)
