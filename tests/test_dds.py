@@ -221,6 +221,20 @@ def test_assembled_checkpoint_round_trips(dds_checkpoint, denoiser_run, clean_cl
     assert out.shape == (6, 10)
 
 
+def test_a_dds_checkpoint_loads_in_a_fresh_process_through_the_registry(dds_checkpoint):
+    # nothing imports rrcm.baselines first: the registry finds "dds" (rrcm.ARCH_MODULES) on its own
+    import subprocess
+    import sys
+
+    script = ("import sys; from rrcm.checkpoint import load_checkpoint; "
+              "model, config = load_checkpoint(sys.argv[1]); "
+              "print(type(model).__module__, type(model).__name__, config['model']['arch'])")
+    done = subprocess.run([sys.executable, "-c", script, str(dds_checkpoint)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["rrcm.baselines.dds", "DDSClassifier", "dds"]
+
+
 def test_dds_checkpoint_certifies_with_the_standard_runner(dds_checkpoint, tmp_path, capsys):
     from rrcm.certlog import read_log
 

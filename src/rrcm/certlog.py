@@ -221,6 +221,28 @@ def read_log(
     """
     path = Path(path)
     where = str(path)
+    lines = _log_lines(_read_log_text(path, where), where, allow_partial_last_line)
+    columns = _parse_header(lines[0], where)
+    rows, line_numbers = _split_rows(lines, len(columns), where)
+    parsed = _parse_columns(columns, rows, where, line_numbers)
+    _check_rows(parsed, where, line_numbers)
+    return CertLog(
+        path=where,
+        label=label if label is not None else default_label(path),
+        idx=parsed["idx"],
+        labels=parsed["label"],
+        predict=parsed["predict"],
+        radius=parsed["radius"],
+        correct=parsed["correct"],
+        seconds=parsed["time"],
+        extras={c: parsed[c] for c in columns if c not in COHEN_COLUMNS},
+        sigma=_log_sigma(parsed, path),
+        columns=columns,
+    )
+
+
+def _read_log_text(path: Path, where: str) -> str:
+    """The log's text (a leading BOM dropped); a UserError if it cannot be read or is blank."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -234,7 +256,12 @@ def read_log(
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise UserError(f"{where}: file is empty; expected a header line and one row per example")
+    return text
 
+
+def _log_lines(text: str, where: str, allow_partial_last_line: bool) -> list[str]:
+    """The header line, then the row lines: without the final newline, a torn last row (if allowed)
+    or blank lines at the very end."""
     lines = text.split("\n")  # read_text already turned \r\n into \n
     if lines[-1] == "":
         lines.pop()  # the final newline
@@ -252,8 +279,12 @@ def read_log(
         lines.pop()
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()  # tolerate blank lines at the very end
+    return lines
 
-    header = lines[0].split("\t")
+
+def _parse_header(line: str, where: str) -> tuple[str, ...]:
+    """The column names of the header line: Cohen's columns present, none duplicated or empty."""
+    header = line.split("\t")
     columns = tuple(h.strip() for h in header)
     missing = [c for c in COHEN_COLUMNS if c not in columns]
     if missing:
@@ -264,8 +295,11 @@ def read_log(
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if duplicated or "" in columns:
         raise UserError(f"{where}:1: header has duplicate or empty column names {duplicated}")
+    return columns
 
-    width = len(columns)
+
+def _split_rows(lines: list[str], width: int, where: str) -> tuple[list[list[str]], list[int]]:
+    """The fields of every row after the header (each as wide as the header), and its line number."""
     rows: list[list[str]] = []
     line_numbers: list[int] = []
     for line_no, line in enumerate(lines[1:], start=2):
@@ -277,8 +311,14 @@ def read_log(
             )
         rows.append(fields)
         line_numbers.append(line_no)
+    return rows, line_numbers
 
-    token_columns = list(zip(*rows)) if rows else [()] * width
+
+def _parse_columns(
+    columns: tuple[str, ...], rows: list[list[str]], where: str, line_numbers: list[int]
+) -> dict[str, np.ndarray]:
+    """Each column's values as an array: integers, floats and times parsed strictly, others kept."""
+    token_columns = list(zip(*rows)) if rows else [()] * len(columns)
     parsed: dict[str, np.ndarray] = {}
     for column, tokens in zip(columns, token_columns):
         tokens = [t.strip() for t in tokens]
@@ -293,29 +333,18 @@ def read_log(
             parsed[column] = np.array(values, dtype=np.float64)
         else:
             parsed[column] = _parse_unknown_column(tokens)
+    return parsed
 
-    _check_rows(parsed, where, line_numbers)
 
-    sigma = None
+def _log_sigma(parsed: dict[str, np.ndarray], path: Path) -> float | None:
+    """σ of the log: its `sigma` column if constant (None if it varies or there are no rows), else
+    the `noise_<σ>` of the file name."""
     if "sigma" in parsed and len(parsed["sigma"]):
         sigmas = parsed["sigma"]
-        sigma = float(sigmas[0]) if np.all(sigmas == sigmas[0]) else None
-    elif "sigma" not in parsed:
-        sigma = sigma_from_name(path)
-
-    return CertLog(
-        path=where,
-        label=label if label is not None else default_label(path),
-        idx=parsed["idx"],
-        labels=parsed["label"],
-        predict=parsed["predict"],
-        radius=parsed["radius"],
-        correct=parsed["correct"],
-        seconds=parsed["time"],
-        extras={c: parsed[c] for c in columns if c not in COHEN_COLUMNS},
-        sigma=sigma,
-        columns=columns,
-    )
+        return float(sigmas[0]) if np.all(sigmas == sigmas[0]) else None
+    if "sigma" not in parsed:
+        return sigma_from_name(path)
+    return None
 
 
 def _check_rows(parsed: dict[str, np.ndarray], where: str, line_numbers: list[int]) -> None:

@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from .errors import UserError
+from .errors import UserError, short_message
 from .fileio import atomic_path
 
 CONFIG_KEY = "rrcm_config"
@@ -155,7 +155,8 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"cannot read checkpoint {path}: corrupt, truncated or not a safetensors file "
-                        f"({_short(e)}); point to the model.safetensors written by rrcm, or copy it again") from None
+                        f"({short_message(e)}); point to the model.safetensors written by rrcm, "
+                        f"or copy it again") from None
     if CONFIG_KEY not in metadata:
         raise UserError(f"checkpoint {path} has no rrcm config in its metadata; "
                         "only checkpoints written by rrcm can be loaded")
@@ -176,10 +177,16 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
 DENOISER_ARCH = "ddpm_unet"
 
 
-def _known_archs() -> set[str]:
-    from .models import ARCHS, COMPOSITE_ARCHS
+def _is_known_arch(arch: str) -> bool:
+    from .models import is_arch
 
-    return {*ARCHS, *COMPOSITE_ARCHS, DENOISER_ARCH}
+    return arch == DENOISER_ARCH or is_arch(arch)
+
+
+def _known_archs() -> set[str]:
+    from .models import arch_names
+
+    return {*arch_names(), DENOISER_ARCH}
 
 
 def _check_config_types(path: Path, config: dict[str, Any]) -> None:
@@ -214,9 +221,8 @@ def _check_config_types(path: Path, config: dict[str, Any]) -> None:
         raise bad("model.arch", "present (the architecture's name)", None)
     if not isinstance(model["arch"], str):
         raise bad("model.arch", "a string", model["arch"])
-    known = _known_archs()
-    if model["arch"] not in known:
-        raise bad("model.arch", f"one of {', '.join(sorted(known))}", model["arch"])
+    if not _is_known_arch(model["arch"]):
+        raise bad("model.arch", f"one of {', '.join(sorted(_known_archs()))}", model["arch"])
     count(model, "model", ("num_classes", "in_channels", "image_size"))
     data = config.get("data")
     if data is None:
@@ -244,7 +250,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         model = build_model(config["model"])
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"checkpoint {path} describes a model rrcm cannot build ({_short(e)}); "
+        raise UserError(f"checkpoint {path} describes a model rrcm cannot build ({short_message(e)}); "
                         "it may come from a newer rrcm version") from None
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -255,7 +261,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"checkpoint {path} weights do not match its model config ({_short(e)}); "
+        raise UserError(f"checkpoint {path} weights do not match its model config ({short_message(e)}); "
                         "the file is corrupt or was edited") from None
     model.to(device).eval()
     return model, config
@@ -267,7 +273,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         metadata, state = _read(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"cannot read weights from checkpoint {path}: corrupt or truncated file "
-                        f"({_short(e)}); re-train or copy it again") from None
+                        f"({short_message(e)}); re-train or copy it again") from None
     if not _digest_matches(metadata, state):
         raise UserError(f"checkpoint {path} is corrupt: its weights do not match the SHA-256 recorded when it was "
                         "written (a changed bit: a bad disk, copy or edit); copy it again or re-train")
@@ -281,11 +287,6 @@ def _key_differences(missing: list[str], unexpected: list[str], shown: int = 3) 
     parts = ([f"missing tensor(s) {names(missing)}"] if missing else []) + \
             ([f"unexpected tensor(s) {names(unexpected)}"] if unexpected else [])
     return "; ".join(parts)
-
-
-def _short(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- training state (for resuming) ---------------------------------------------------------------
@@ -354,8 +355,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
         metadata, tensors = _read(path)
         skeleton = json.loads(metadata[STATE_KEY])
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"cannot resume from {path}: corrupt or truncated training state ({_short(e)}); "
-                        f"{fix}") from None
+        raise UserError(f"cannot resume from {path}: corrupt or truncated training state "
+                        f"({short_message(e)}); {fix}") from None
     if not _digest_matches(metadata, tensors):
         raise UserError(f"cannot resume from {path}: the training state is corrupt, its tensors do not match the "
                         f"SHA-256 recorded when it was written; {fix}")
@@ -367,4 +368,5 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
                             f"({_key_differences(missing, unexpected)}); {fix}")
         return _unflatten(skeleton, tensors)
     except (TypeError, ValueError, AttributeError) as e:  # a skeleton of the wrong shape
-        raise UserError(f"cannot resume from {path}: corrupt training state layout ({_short(e)}); {fix}") from None
+        raise UserError(f"cannot resume from {path}: corrupt training state layout "
+                        f"({short_message(e)}); {fix}") from None

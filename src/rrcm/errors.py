@@ -1,7 +1,8 @@
 """User-facing errors.
 
 A `UserError` carries one line that names the problem and the fix. The CLI prints it as
-`rrcm: error: <message>` and exits with status 2, never with a traceback.
+`rrcm: error: <message>` and exits with status 2, never with a traceback. `short_message` turns the
+exception that caused it into text short enough to quote inside that one line.
 """
 
 
@@ -11,7 +12,8 @@ class UserError(Exception):
     exit_code = 2
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise `UserError(message)` unless `condition` holds."""
-    if not condition:
-        raise UserError(message)
+def short_message(e: BaseException, limit: int = 160) -> str:
+    """`str(e)` on one line: runs of whitespace (newlines included) collapsed to one space, and cut to
+    at most `limit` characters, the last three of them "..." when it had to be cut."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

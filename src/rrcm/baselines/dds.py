@@ -2,7 +2,10 @@
 
 The base classifier f(x + δ) = classifier(denoise(x + δ)): an off-the-shelf DDPM denoiser removes the
 smoothing noise in one step, an off-the-shelf classifier (trained on clean data) labels the result.
-It plugs into the standard certifier as the registry arch "dds".
+It plugs into the standard certifier as the registry arch "dds", registered here with
+`rrcm.models.register_arch` when this module is imported; the registry imports it the first time it
+is asked for "dds" (it is listed in `rrcm.ARCH_MODULES`). Importing it is cheap: `.denoiser` (and
+through it diffusers) is imported only inside the functions that check, build or assemble a DDS model.
 
 The noise is exactly σ. The certifier adds δ ~ N(0, σ²I) on [0, 1] pixels; `DDSClassifier.forward`
 adds nothing and draws no random numbers (the same input always gives the same output):
@@ -42,8 +45,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import UserError
-from .denoiser import (alphas_cumprod, build_unet, check_denoiser_config, load_denoiser, load_pretrained_denoiser,
-                       read_denoiser_config, unet_sample_size)
+from ..models import COMMON_KEYS, build_model, model_config, register_arch
 
 DDS_DEFAULTS: dict[str, Any] = {"denoiser": None, "classifier": None, "sigma": None, "timestep": None, "steps": 1}
 
@@ -152,7 +154,7 @@ class DDSClassifier(nn.Module):
         return f"sigma={self.sigma}, timestep={self.timestep}, steps={self.steps}, prediction={self.prediction_type}"
 
 
-# -- registry hooks (arch "dds"; see rrcm.models) --------------------------------------------------
+# -- the registry arch "dds" (registered below, when this module is imported) ---------------------------
 
 def dds_defaults(cfg: dict) -> dict:
     return dict(DDS_DEFAULTS)
@@ -160,7 +162,7 @@ def dds_defaults(cfg: dict) -> dict:
 
 def check_dds_config(cfg: dict) -> None:
     """Validate and complete the "dds" keys of a registry config in place (ValueError/TypeError name the key)."""
-    from ..models import COMMON_KEYS, model_config
+    from .denoiser import alphas_cumprod, check_denoiser_config, unet_sample_size
 
     for key in ("denoiser", "classifier", "sigma"):
         if cfg[key] is None:
@@ -171,19 +173,7 @@ def check_dds_config(cfg: dict) -> None:
         raise ValueError(f"model config key 'denoiser' is for {unet['in_channels']}×{unet_sample_size(unet)}² images "
                          f"but the model takes {cfg['in_channels']}×{cfg['image_size']}²")
     cfg["denoiser"] = denoiser
-    classifier = cfg["classifier"]
-    if not isinstance(classifier, Mapping):
-        raise TypeError(f"model config key 'classifier' must be a registry model config, got {classifier!r}")
-    missing = [k for k in COMMON_KEYS if k not in classifier]
-    if missing:
-        raise ValueError(f"model config key 'classifier' is missing key(s): {', '.join(missing)}")
-    if classifier["arch"] == "dds":
-        raise ValueError("model config key 'classifier' cannot itself be a 'dds' model")
-    classifier = model_config(**classifier)
-    for key in ("num_classes", "in_channels", "image_size"):
-        if classifier[key] != cfg[key]:
-            raise ValueError(f"model config key 'classifier' has {key} {classifier[key]} but the model has {cfg[key]}")
-    cfg["classifier"] = classifier
+    cfg["classifier"] = _check_nested_classifier(cfg)
     sigma = cfg["sigma"]
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"model config key 'sigma' must be a finite positive number, got {sigma!r}")
@@ -201,13 +191,33 @@ def check_dds_config(cfg: dict) -> None:
     cfg["steps"] = int(steps)
 
 
+def _check_nested_classifier(cfg: dict) -> dict:
+    """The resolved registry config of the classifier nested in a "dds" config."""
+    classifier = cfg["classifier"]
+    if not isinstance(classifier, Mapping):
+        raise TypeError(f"model config key 'classifier' must be a registry model config, got {classifier!r}")
+    missing = [k for k in COMMON_KEYS if k not in classifier]
+    if missing:
+        raise ValueError(f"model config key 'classifier' is missing key(s): {', '.join(missing)}")
+    if classifier["arch"] == "dds":
+        raise ValueError("model config key 'classifier' cannot itself be a 'dds' model")
+    classifier = model_config(**classifier)
+    for key in ("num_classes", "in_channels", "image_size"):
+        if classifier[key] != cfg[key]:
+            raise ValueError(f"model config key 'classifier' has {key} {classifier[key]} but the model has {cfg[key]}")
+    return classifier
+
+
 def build_dds(cfg: dict) -> DDSClassifier:
-    from ..models import build_model
+    from .denoiser import alphas_cumprod, build_unet
 
     denoiser = cfg["denoiser"]
     return DDSClassifier(build_unet(denoiser), build_model(cfg["classifier"]), alphas_cumprod(denoiser["scheduler"]),
                          cfg["timestep"], cfg["sigma"], steps=cfg["steps"],
                          prediction_type=denoiser["scheduler"]["prediction_type"])
+
+
+register_arch("dds", defaults=dds_defaults, check=check_dds_config, build=build_dds, composite=True)
 
 
 # -- assembling a checkpoint -----------------------------------------------------------------------
@@ -217,20 +227,8 @@ def _describe(name: Any, channels: Any, size: Any, classes: Any) -> str:
     return text + (f", {classes} classes" if classes is not None else "")
 
 
-def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.PathLike | None = None, *,
-                 denoiser: str | os.PathLike | None = None, pretrained_denoiser: str | None = None,
-                 steps: int = 1, dry_run: bool = False) -> dict[str, Any]:
-    """Combine a denoiser and a clean classifier into a DDS base classifier checkpoint for smoothing σ.
-
-    Give exactly one of `denoiser` (a denoiser.safetensors from `rrcm train-denoiser`) and
-    `pretrained_denoiser` (a diffusers folder or hub id). Writes `out` (and `<out>.json`, the same
-    config) unless `dry_run`; returns the checkpoint config. Every user mistake is a UserError.
-    """
-    from ..checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-    from ..fileio import write_json_atomic
-    from ..models import model_config
-    from ..smoothing.runner import file_sha256
-
+def _check_options(sigma: Any, steps: Any, out: Any, dry_run: bool, denoiser: Any, pretrained_denoiser: Any) -> float:
+    """The options of `assemble_dds` that need no file; returns σ as a float."""
     if (denoiser is None) == (pretrained_denoiser is None):
         raise UserError("give exactly one of --denoiser (from `rrcm train-denoiser`) and --pretrained-denoiser "
                         "(a diffusers folder or hub id)")
@@ -244,28 +242,42 @@ def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.Path
         raise UserError(f"--steps must be at least 1, got {steps}")
     if out is None and not dry_run:
         raise UserError("give --out, the model.safetensors to write")
+    return sigma
+
+
+def _read_classifier(classifier: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint config of a plain (not DDS) classifier."""
+    from ..checkpoint import read_checkpoint_config
 
     cls_config = read_checkpoint_config(classifier)
     if cls_config.get("kind", "classifier") != "classifier":
         raise UserError(f"{classifier} is not a classifier (kind {cls_config.get('kind')!r}); give a model.safetensors "
                         "written by `rrcm train` (ideally `--method clean`)")
-    cls_model = cls_config["model"]
-    if cls_model.get("arch") == "dds":
+    if cls_config["model"].get("arch") == "dds":
         raise UserError(f"{classifier} is already a DDS model; give the plain classifier it was assembled from")
+    return cls_config
 
-    unet = None
+
+def _read_denoiser(denoiser: str | os.PathLike | None, pretrained_denoiser: str | None) -> tuple[Any, dict, dict, dict]:
+    """(the UNet if already loaded else None, denoiser model config, its data info, its source record)."""
+    from ..smoothing.runner import file_sha256
+    from .denoiser import load_pretrained_denoiser, read_denoiser_config
+
     if denoiser is not None:
         den_config, den_model = read_denoiser_config(denoiser)
         den_data = den_config.get("data") or {}
         source = {"path": str(denoiser), "sha256": file_sha256(denoiser), "data": den_data.get("name"),
                   "epochs_trained": den_config.get("epochs_trained")}
-    else:
-        unet, den_model = load_pretrained_denoiser(str(pretrained_denoiser))
-        den_data = {}
-        source = {"pretrained": str(pretrained_denoiser)}
+        return None, den_model, den_data, source
+    unet, den_model = load_pretrained_denoiser(str(pretrained_denoiser))
+    return unet, den_model, {}, {"pretrained": str(pretrained_denoiser)}
 
-    # the two must have been trained on the same kind of data
-    cls_data = cls_config.get("data") or {}
+
+def _check_same_data(den_model: dict, den_data: dict, cls_config: dict, pretrained_denoiser: str | None) -> None:
+    """The denoiser and the classifier must have been trained on the same kind of data."""
+    from .denoiser import unet_sample_size
+
+    cls_model, cls_data = cls_config["model"], cls_config.get("data") or {}
     den_shape = (den_model["unet"]["in_channels"], unet_sample_size(den_model["unet"]), den_data.get("num_classes"))
     cls_shape = (cls_model.get("in_channels"), cls_model.get("image_size"), cls_model.get("num_classes"))
     differ = [name for name, a, b in zip(("channels", "image size", "classes"), den_shape, cls_shape)
@@ -275,7 +287,9 @@ def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.Path
                         f"classifier ({_describe(cls_data.get('name'), *cls_shape)}) differ in {', '.join(differ)}; "
                         "assemble a denoiser and a classifier trained on the same data set")
 
-    table = alphas_cumprod(den_model["scheduler"])
+
+def _choose_timestep(sigma: float, steps: int, table: torch.Tensor) -> tuple[int, float]:
+    """(t, effective σ) of `dds_timestep`, as UserErrors, with `steps` checked against t."""
     try:
         timestep, effective_sigma = dds_timestep(sigma, table)
     except ValueError as e:
@@ -283,14 +297,27 @@ def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.Path
     if steps > max(1, timestep):
         raise UserError(f"--steps {steps} is more than the {max(1, timestep)} timestep(s) below t = {timestep}; "
                         f"use --steps {max(1, timestep)} or fewer")
+    return timestep, effective_sigma
+
+
+def _dds_model_config(cls_model: dict, den_model: dict, sigma: float, timestep: int, steps: int) -> dict:
     try:
-        model_cfg = model_config("dds", num_classes=cls_model["num_classes"], in_channels=cls_model["in_channels"],
-                                 image_size=cls_model["image_size"], mean=cls_model["mean"], std=cls_model["std"],
-                                 denoiser=den_model, classifier=cls_model, sigma=sigma, timestep=timestep, steps=steps)
+        return model_config("dds", num_classes=cls_model["num_classes"], in_channels=cls_model["in_channels"],
+                            image_size=cls_model["image_size"], mean=cls_model["mean"], std=cls_model["std"],
+                            denoiser=den_model, classifier=cls_model, sigma=sigma, timestep=timestep, steps=steps)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"cannot assemble a DDS model from these checkpoints ({e})") from None
+
+
+def _checkpoint_config(classifier: str | os.PathLike, cls_config: dict, model_cfg: dict, source: dict,
+                       table: torch.Tensor, effective_sigma: float) -> dict[str, Any]:
+    """The checkpoint config of the assembled model (see the module docstring)."""
+    from ..smoothing.runner import file_sha256
+
+    sigma, timestep, steps = model_cfg["sigma"], model_cfg["timestep"], model_cfg["steps"]
     levels = noise_levels(table)
-    config = {
+    cls_data = cls_config.get("data") or {}
+    return {
         "kind": "classifier", "method": "dds", "command": "dds assemble", "rrcm_version": __version__,
         "sigma": sigma, "model": model_cfg, "data": cls_config.get("data"),
         "dds": {
@@ -304,15 +331,18 @@ def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.Path
                            "train_sigma": cls_config.get("sigma"), "data": cls_data.get("name")},
         },
     }
-    if dry_run:
-        return config
 
-    if unet is None:
-        unet, _ = load_denoiser(denoiser)
+
+def _build_and_probe(unet: nn.Module, classifier: str | os.PathLike, table: torch.Tensor, model_cfg: dict,
+                     prediction_type: str) -> DDSClassifier:
+    """The assembled model, run once on a probe batch: fail here, not in certification, if the pieces
+    do not fit together."""
+    from ..checkpoint import load_checkpoint
+
     classifier_model, _ = load_checkpoint(classifier)
-    model = DDSClassifier(unet, classifier_model, table, timestep, sigma, steps=steps,
-                          prediction_type=den_model["scheduler"]["prediction_type"]).eval()
-    with torch.no_grad():  # fail here, not in certification, if the pieces do not fit together
+    model = DDSClassifier(unet, classifier_model, table, model_cfg["timestep"], model_cfg["sigma"],
+                          steps=model_cfg["steps"], prediction_type=prediction_type).eval()
+    with torch.no_grad():
         probe = torch.full((2, model_cfg["in_channels"], model_cfg["image_size"], model_cfg["image_size"]), 0.5)
         try:
             logits = model(probe)
@@ -321,6 +351,35 @@ def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.Path
     if tuple(logits.shape) != (2, model_cfg["num_classes"]) or not torch.isfinite(logits).all():
         raise UserError(f"the assembled model returns {tuple(logits.shape)} logits (or non-finite ones); check the "
                         "classifier checkpoint")
+    return model
+
+
+def assemble_dds(classifier: str | os.PathLike, sigma: float, out: str | os.PathLike | None = None, *,
+                 denoiser: str | os.PathLike | None = None, pretrained_denoiser: str | None = None,
+                 steps: int = 1, dry_run: bool = False) -> dict[str, Any]:
+    """Combine a denoiser and a clean classifier into a DDS base classifier checkpoint for smoothing σ.
+
+    Give exactly one of `denoiser` (a denoiser.safetensors from `rrcm train-denoiser`) and
+    `pretrained_denoiser` (a diffusers folder or hub id). Writes `out` (and `<out>.json`, the same
+    config) unless `dry_run`; returns the checkpoint config. Every user mistake is a UserError.
+    """
+    from ..checkpoint import save_checkpoint
+    from ..fileio import write_json_atomic
+    from .denoiser import alphas_cumprod, load_denoiser
+
+    sigma = _check_options(sigma, steps, out, dry_run, denoiser, pretrained_denoiser)
+    cls_config = _read_classifier(classifier)
+    unet, den_model, den_data, source = _read_denoiser(denoiser, pretrained_denoiser)
+    _check_same_data(den_model, den_data, cls_config, pretrained_denoiser)
+    table = alphas_cumprod(den_model["scheduler"])
+    timestep, effective_sigma = _choose_timestep(sigma, steps, table)
+    model_cfg = _dds_model_config(cls_config["model"], den_model, sigma, timestep, steps)
+    config = _checkpoint_config(classifier, cls_config, model_cfg, source, table, effective_sigma)
+    if dry_run:
+        return config
+    if unet is None:
+        unet, _ = load_denoiser(denoiser)
+    model = _build_and_probe(unet, classifier, table, model_cfg, den_model["scheduler"]["prediction_type"])
     save_checkpoint(out, model, config)
     write_json_atomic(f"{out}.json", config)
     return config

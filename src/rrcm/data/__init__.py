@@ -8,13 +8,15 @@
     info, n = probe_dataset("cifar10", "test", "/data/cifar10")  # for --dry-run: decodes no image
 
 One module per format (`digits`, `mnist`, `cifar10`, `imagefolder`; each docstring says what it
-reads and how); `augment` holds the training augmentations. Each model normalises with
-`info.mean` / `info.std` inside itself, after the smoothing noise is added on [0, 1] pixels.
+reads and how); `augment` and `contrastive` hold the training augmentations. Each model normalises
+inside itself, after the smoothing noise is added on [0, 1] pixels, with `info.mean` / `info.std`
+(the rRCM classifier with its fixed 0.5 instead: it works in the diffusion's [-1, 1] space).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from rrcm.data.base import SPLITS, DataInfo, ImageDataset, InMemoryImageDataset, check_split
 from rrcm.errors import UserError
@@ -30,6 +32,29 @@ def _check_name(name: str, split: str) -> None:
     check_split(split)
 
 
+def _split_readers(name: str, split: str) -> tuple[Callable[..., ImageDataset], Callable[..., tuple[DataInfo, int]]]:
+    """(load, probe) of the module that reads dataset `name`, each called as f(split, root, image_size=...).
+
+    The module is imported here, on use: each format pulls in its own decoders.
+    """
+    _check_name(name, split)
+    if name == "digits":
+        from rrcm.data.digits import load_digits_split, probe_digits_split
+
+        return load_digits_split, probe_digits_split
+    if name == "mnist":
+        from rrcm.data.mnist import load_mnist_split, probe_mnist_split
+
+        return load_mnist_split, probe_mnist_split
+    if name == "cifar10":
+        from rrcm.data.cifar10 import load_cifar10_split, probe_cifar10_split
+
+        return load_cifar10_split, probe_cifar10_split
+    from rrcm.data.imagefolder import load_imagefolder_split, probe_imagefolder_split
+
+    return load_imagefolder_split, probe_imagefolder_split
+
+
 def load_dataset(
     name: str, split: str, root: str | os.PathLike | None = None, *, image_size: int | None = None
 ) -> ImageDataset:
@@ -39,22 +64,8 @@ def load_dataset(
     square images returned: only "imagefolder" resizes (default 224); for the fixed-size sets it
     may be omitted or must equal their native size (digits 8, mnist 28, cifar10 32).
     """
-    _check_name(name, split)
-    if name == "digits":
-        from rrcm.data.digits import load_digits_split
-
-        return load_digits_split(split, image_size=image_size)
-    if name == "mnist":
-        from rrcm.data.mnist import load_mnist_split
-
-        return load_mnist_split(split, root, image_size=image_size)
-    if name == "cifar10":
-        from rrcm.data.cifar10 import load_cifar10_split
-
-        return load_cifar10_split(split, root, image_size=image_size)
-    from rrcm.data.imagefolder import load_imagefolder_split
-
-    return load_imagefolder_split(split, root, image_size=image_size)
+    load, _ = _split_readers(name, split)
+    return load(split, root, image_size=image_size)
 
 
 def probe_dataset(
@@ -71,19 +82,5 @@ def probe_dataset(
     image files counted per class folder. Archives: the cached decode's count if there is one,
     else the member names, streamed.
     """
-    _check_name(name, split)
-    if name == "digits":
-        from rrcm.data.digits import probe_digits_split
-
-        return probe_digits_split(split, image_size=image_size)
-    if name == "mnist":
-        from rrcm.data.mnist import probe_mnist_split
-
-        return probe_mnist_split(split, root, image_size=image_size)
-    if name == "cifar10":
-        from rrcm.data.cifar10 import probe_cifar10_split
-
-        return probe_cifar10_split(split, root, image_size=image_size)
-    from rrcm.data.imagefolder import probe_imagefolder_split
-
-    return probe_imagefolder_split(split, root, image_size=image_size)
+    _, probe = _split_readers(name, split)
+    return probe(split, root, image_size=image_size)

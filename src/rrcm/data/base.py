@@ -2,7 +2,8 @@
 
 In-memory sets keep uint8 tensors (N, C, H, W) and convert to float per item or per batch, so a
 50,000-image CIFAR-10 train set costs 150 MB instead of 600 MB. Nothing is normalised here: every
-model receives pixels in [0, 1] and normalises inside itself (see DESIGN.md).
+model receives pixels in [0, 1] and normalises inside itself (`rrcm.models.normalize`), after the
+smoothing noise is added.
 """
 
 from __future__ import annotations

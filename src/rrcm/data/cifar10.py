@@ -279,115 +279,145 @@ class _BatchScanner:
         return target
 
     def load(self) -> Any:
-        stack: list[Any] = []
-        marks: list[list[Any]] = []
-        memo: dict[int, Any] = {}
-
-        def pop_mark() -> list[Any]:
-            nonlocal stack
-            items, stack = stack, marks.pop()
-            return items
-
+        """Follow the opcodes up to STOP and return the value they build."""
+        self.stack: list[Any] = []
+        self.marks: list[list[Any]] = []  # the stacks that MARKs set aside
+        self.memo: dict[int, Any] = {}
         while True:
             op = self.read(1)
+            if op == b".":  # STOP
+                return self.stack.pop()
             if op == b"\x80":  # PROTO
                 self.read(1)
             elif op == b"\x95":  # FRAME: its opcodes follow inline
                 self.read(8)
-            elif op == b".":  # STOP
-                return stack.pop()
-            elif op == b"(":  # MARK
-                marks.append(stack)
-                stack = []
-            elif op == b"}":
-                stack.append({})
-            elif op == b"]":
-                stack.append([])
-            elif op == b")":
-                stack.append(())
-            elif op == b"t":
-                items = pop_mark()  # before `stack.append`, which would bind the inner list
-                stack.append(tuple(items))
-            elif op in (b"\x85", b"\x86", b"\x87"):  # TUPLE1..3
-                count = op[0] - 0x84
-                items = tuple(stack[-count:])
-                del stack[-count:]
-                if len(items) != count:
-                    raise IndexError("stack underflow")
-                stack.append(items)
-            elif op == b"l":
-                items = pop_mark()
-                stack.append(items)
-            elif op == b"d":
-                items = pop_mark()
-                stack.append(dict(zip(items[::2], items[1::2])))
-            elif op == b"a":
-                value = stack.pop()
-                stack[-1].append(value)
-            elif op == b"e":
-                items = pop_mark()
-                stack[-1].extend(items)
-            elif op == b"s":
-                value, key = stack.pop(), stack.pop()
-                stack[-1][key] = value
-            elif op == b"u":
-                items = pop_mark()
-                stack[-1].update(zip(items[::2], items[1::2]))
-            elif op == b"N":
-                stack.append(None)
-            elif op in (b"\x88", b"\x89"):
-                stack.append(op == b"\x88")
-            elif op == b"J":
-                stack.append(self.unpack("<i"))
-            elif op == b"K":
-                stack.append(self.read(1)[0])
-            elif op == b"M":
-                stack.append(self.unpack("<H"))
-            elif op == b"\x8a":  # LONG1
-                stack.append(int.from_bytes(self.read(self.read(1)[0]), "little", signed=True))
-            elif op == b"G":
-                stack.append(self.unpack(">d"))
-            elif op == b"T":  # BINSTRING: bytes, as RestrictedUnpickler reads Python 2 str
-                stack.append(self.payload(self.unpack("<i"), text=False))
-            elif op in (b"U", b"C"):  # SHORT_BINSTRING, SHORT_BINBYTES
-                stack.append(self.payload(self.read(1)[0], text=False))
-            elif op == b"B":
-                stack.append(self.payload(self.unpack("<I"), text=False))
-            elif op == b"\x8e":
-                stack.append(self.payload(self.unpack("<Q"), text=False))
-            elif op == b"X":
-                stack.append(self.payload(self.unpack("<I"), text=True))
-            elif op == b"\x8c":
-                stack.append(self.payload(self.read(1)[0], text=True))
-            elif op == b"\x8d":
-                stack.append(self.payload(self.unpack("<Q"), text=True))
-            elif op == b"q":
-                memo[self.read(1)[0]] = stack[-1]
-            elif op == b"r":
-                memo[self.unpack("<I")] = stack[-1]
-            elif op == b"\x94":  # MEMOIZE
-                memo[len(memo)] = stack[-1]
-            elif op == b"h":
-                stack.append(memo[self.read(1)[0]])
-            elif op == b"j":
-                stack.append(memo[self.unpack("<I")])
-            elif op == b"c":  # GLOBAL
-                module = self.readline().decode("utf-8")
-                name = self.readline().decode("utf-8")
-                stack.append(self.restricted.find_class(module, name))
-            elif op == b"\x93":  # STACK_GLOBAL
-                name, module = stack.pop(), stack.pop()
-                if not isinstance(module, str) or not isinstance(name, str):
-                    raise _Unsupported
-                stack.append(self.restricted.find_class(module, name))
-            elif op == b"R":  # REDUCE
-                args, function = stack.pop(), stack.pop()
-                stack.append(self.call(function, args))
-            elif op == b"b":  # BUILD
-                state = stack.pop()
-                stack[-1] = self.build(stack[-1], state)
+            elif op in _CONTAINER_OPS:
+                self._container(op)
+            elif op in _VALUE_OPS:
+                self.stack.append(self._value(op))
+            elif op in _MEMO_OPS:
+                self._memo(op)
+            elif op in _OBJECT_OPS:
+                self._object(op)
             else:
                 raise _Unsupported
+
+    def _pop_mark(self) -> list[Any]:
+        """The items pushed since the last MARK; the stack from before it is restored."""
+        items, self.stack = self.stack, self.marks.pop()
+        return items
+
+    def _container(self, op: bytes) -> None:
+        """MARK and the opcodes that build or fill tuples, lists and dicts."""
+        stack = self.stack
+        if op == b"(":  # MARK
+            self.marks.append(stack)
+            self.stack = []
+        elif op == b"}":
+            stack.append({})
+        elif op == b"]":
+            stack.append([])
+        elif op == b")":
+            stack.append(())
+        elif op == b"t":
+            items = self._pop_mark()  # before `self.stack.append`, which would bind the inner list
+            self.stack.append(tuple(items))
+        elif op in (b"\x85", b"\x86", b"\x87"):  # TUPLE1..3
+            count = op[0] - 0x84
+            items = tuple(stack[-count:])
+            del stack[-count:]
+            if len(items) != count:
+                raise IndexError("stack underflow")
+            stack.append(items)
+        elif op == b"l":
+            items = self._pop_mark()
+            self.stack.append(items)
+        elif op == b"d":
+            items = self._pop_mark()
+            self.stack.append(dict(zip(items[::2], items[1::2])))
+        elif op == b"a":
+            value = stack.pop()
+            stack[-1].append(value)
+        elif op == b"e":
+            items = self._pop_mark()
+            self.stack[-1].extend(items)
+        elif op == b"s":
+            value, key = stack.pop(), stack.pop()
+            stack[-1][key] = value
+        else:  # b"u"
+            items = self._pop_mark()
+            self.stack[-1].update(zip(items[::2], items[1::2]))
+
+    def _value(self, op: bytes) -> Any:
+        """The constant, number or string (or `_Skipped` payload) that a value opcode pushes."""
+        if op == b"N":
+            return None
+        if op in (b"\x88", b"\x89"):
+            return op == b"\x88"
+        if op == b"J":
+            return self.unpack("<i")
+        if op == b"K":
+            return self.read(1)[0]
+        if op == b"M":
+            return self.unpack("<H")
+        if op == b"\x8a":  # LONG1
+            return int.from_bytes(self.read(self.read(1)[0]), "little", signed=True)
+        if op == b"G":
+            return self.unpack(">d")
+        if op == b"T":  # BINSTRING: bytes, as RestrictedUnpickler reads Python 2 str
+            return self.payload(self.unpack("<i"), text=False)
+        if op in (b"U", b"C"):  # SHORT_BINSTRING, SHORT_BINBYTES
+            return self.payload(self.read(1)[0], text=False)
+        if op == b"B":
+            return self.payload(self.unpack("<I"), text=False)
+        if op == b"\x8e":
+            return self.payload(self.unpack("<Q"), text=False)
+        if op == b"X":
+            return self.payload(self.unpack("<I"), text=True)
+        if op == b"\x8c":
+            return self.payload(self.read(1)[0], text=True)
+        return self.payload(self.unpack("<Q"), text=True)  # b"\x8d"
+
+    def _memo(self, op: bytes) -> None:
+        """Store the top of the stack in the memo, or push a memoised value."""
+        if op == b"q":
+            self.memo[self.read(1)[0]] = self.stack[-1]
+        elif op == b"r":
+            self.memo[self.unpack("<I")] = self.stack[-1]
+        elif op == b"\x94":  # MEMOIZE
+            self.memo[len(self.memo)] = self.stack[-1]
+        elif op == b"h":
+            self.stack.append(self.memo[self.read(1)[0]])
+        else:  # b"j"
+            self.stack.append(self.memo[self.unpack("<I")])
+
+    def _object(self, op: bytes) -> None:
+        """Globals (resolved as RestrictedUnpickler does), calls and BUILD."""
+        stack = self.stack
+        if op == b"c":  # GLOBAL
+            module = self.readline().decode("utf-8")
+            name = self.readline().decode("utf-8")
+            stack.append(self.restricted.find_class(module, name))
+        elif op == b"\x93":  # STACK_GLOBAL
+            name, module = stack.pop(), stack.pop()
+            if not isinstance(module, str) or not isinstance(name, str):
+                raise _Unsupported
+            stack.append(self.restricted.find_class(module, name))
+        elif op == b"R":  # REDUCE
+            args, function = stack.pop(), stack.pop()
+            stack.append(self.call(function, args))
+        else:  # b"b", BUILD
+            state = stack.pop()
+            stack[-1] = self.build(stack[-1], state)
+
+
+# the opcodes each step of _BatchScanner.load follows (PROTO, FRAME and STOP it handles itself)
+_CONTAINER_OPS = frozenset((b"(", b"}", b"]", b")", b"t", b"\x85", b"\x86", b"\x87", b"l", b"d", b"a", b"e",
+                            b"s", b"u"))
+_VALUE_OPS = frozenset((b"N", b"\x88", b"\x89", b"J", b"K", b"M", b"\x8a", b"G", b"T", b"U", b"C", b"B", b"\x8e",
+                        b"X", b"\x8c", b"\x8d"))
+_MEMO_OPS = frozenset((b"q", b"r", b"\x94", b"h", b"j"))
+_OBJECT_OPS = frozenset((b"c", b"\x93", b"R", b"b"))
 
 
 def scan_batch(path: Path) -> int | None:

@@ -21,6 +21,7 @@ mean/std: the pixel mean and standard deviation of the train split on [0, 1] pix
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import torch
@@ -69,8 +70,9 @@ def info() -> DataInfo:
     )
 
 
-def load_digits_split(split: str, *, image_size: int | None = None) -> InMemoryImageDataset:
-    """The fixed train or test split of scikit-learn's digits."""
+def load_digits_split(split: str, root: str | os.PathLike | None = None, *,
+                      image_size: int | None = None) -> InMemoryImageDataset:
+    """The fixed train or test split of scikit-learn's digits (`root` is ignored: the set is bundled)."""
     check_fixed_image_size("digits", IMAGE_SIZE, image_size)
     images, labels = _load_all()
     train, test = split_indices(labels)
@@ -80,7 +82,8 @@ def load_digits_split(split: str, *, image_size: int | None = None) -> InMemoryI
     )
 
 
-def probe_digits_split(split: str, *, image_size: int | None = None) -> tuple[DataInfo, int]:
+def probe_digits_split(split: str, root: str | os.PathLike | None = None, *,
+                       image_size: int | None = None) -> tuple[DataInfo, int]:
     """(info, number of images) of the split, as `load_digits_split` gives (the bundled set is cheap)."""
     check_fixed_image_size("digits", IMAGE_SIZE, image_size)
     _, labels = _load_all()

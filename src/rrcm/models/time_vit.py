@@ -1,6 +1,6 @@
 """The rRCM encoder: a ViT that is told its noise level, its pre-training projector, and the classifier.
 
-Conventions (see DESIGN.md, "The method in one page"):
+Conventions:
 
 - The encoder works in the diffusion's space: images in [-1, 1], noisy points z = x + σ·ε (EDM,
   variance exploding). It scales its input by c_in(σ) = 1/√(σ² + σ_data²) and is told
@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import diffusion
 from .normalize import Normalize
+from .registry import model_config
 from .vit import INIT_STD, Block, default_patch_size, init_linear_like
 
 __all__ = ["TimeConditionedViT", "Projector", "RRCMClassifier", "RRCM_VIT_SIZES", "SIZE_KEYS",
@@ -216,8 +217,9 @@ class Projector(nn.Sequential):
 
     Linear layers carry no bias (a BatchNorm follows the first two; the authors' last layer has none
     either) and there is no BatchNorm after the last layer (the authors' `last_bn=False`): the
-    InfoNCE loss L2-normalises the output anyway. Train mode needs a batch of at least 2. Under DDP
-    the training loop converts the BatchNorms with `nn.SyncBatchNorm.convert_sync_batchnorm`.
+    InfoNCE loss L2-normalises the output anyway. Train mode needs a batch of at least 2. With more
+    than one process, pre-training replaces the BatchNorms by `rrcm.train.contrastive.GlobalBatchNorm1d`
+    (batch statistics over the global batch; it works under gloo on CPUs, unlike SyncBatchNorm).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int = 256):
@@ -265,7 +267,7 @@ class RRCMClassifier(nn.Module):
         return f"condition_sigma={self.condition_sigma}"
 
 
-# ---- registry support (used by rrcm.models for the "rrcm_vit" arch)
+# ---- registry support (rrcm.models registers the "rrcm_vit" arch with these)
 
 def prepare_rrcm_vit_config(config: Mapping[str, Any]) -> dict:
     """Raw "rrcm_vit" config -> the same with the normalisation fixed and any `size` preset expanded.
@@ -317,8 +319,6 @@ def encoder_from_config(config: Mapping[str, Any]) -> TimeConditionedViT:
     The config is validated and completed like `build_model`'s, so the encoder's state dict is
     exactly the classifier's `encoder.*` part.
     """
-    from . import model_config  # lazy: rrcm.models imports this module
-
     cfg = model_config(**config)
     if cfg["arch"] != "rrcm_vit":
         raise ValueError(f"encoder_from_config needs an 'rrcm_vit' config, got arch {cfg['arch']!r}")
