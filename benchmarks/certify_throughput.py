@@ -18,16 +18,18 @@ Extra configurations for investigation (select with --configs): rrcm-bf16, rrcm-
 rrcm-fp32-malloc, rrcm-fp32-cl, baseline-malloc, and rrcm-auto-malloc: what `rrcm certify` runs by
 default (`--precision auto`, resolved in the worker by the same probe without its cache, and the malloc
 tunables the CLI sets by re-executing itself). Each worker records which rrcm it imported (path and git
-commit), so a before/after comparison with PYTHONPATH pointing at another checkout says what it measured.
+commit), so a before/after comparison with PYTHONPATH pointing at another checkout says what it measured
+(that checkout must have `rrcm.profiling`, which times the repeats and samples the machine's load).
 
 GLIBC_TUNABLES is read by the dynamic loader when a process starts, so every configuration runs in
 its own child process (`certify_throughput.py --worker ...`) with its own environment; the parent
 only orchestrates and prints. Each worker warms up, then times `--repeats` measurements of
 `--samples` noise samples each and reports them as JSON; the table shows the median (and range).
 
-While a worker measures, it also records how many CPU cores *other* processes kept busy
-(from /proc/stat), because on a shared 2-core machine a concurrent test run halves throughput and
-can make OpenMP regions stall. Figures taken with "busy elsewhere" well above 0 are not clean.
+While a worker measures, it also records how many CPU cores *other* processes kept busy (from
+/proc/stat, by `rrcm.profiling`), because on a shared 2-core machine a concurrent test run halves
+throughput and can make OpenMP regions stall. Figures taken with "busy elsewhere" well above 0 are
+not clean.
 
     python benchmarks/certify_throughput.py                       # full run (a few minutes on 2 cores)
     python benchmarks/certify_throughput.py --quick               # smoke run, seconds
@@ -49,7 +51,9 @@ import subprocess
 import sys
 import time
 
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+from rrcm.cli import MALLOC_TUNABLES
+from rrcm.profiling import (CONTENDED_CORES, CONTENDED_RETRIES, ISA_FLAGS, Stopwatch, cpu_flags, cpu_name,
+                            measure_uncontended)
 
 # name -> (implementation, precision, channels_last, tuned malloc, description)
 CONFIGS: dict[str, tuple[str, str, bool, bool, str]] = {
@@ -78,9 +82,6 @@ SHAPE = (3, 32, 32)
 DEFAULT_SAMPLES = 2000
 DEFAULT_REPEATS = 3
 RESULT_PREFIX = "CERTIFY_THROUGHPUT_RESULT "
-IDLE_CORES = 0.1        # the rest of the machine counts as idle below this many busy cores
-CONTENDED_CORES = 0.25  # a repeat with more than this many cores busy elsewhere is not clean
-CONTENDED_RETRIES = 3   # with --wait-idle, a contended repeat is redone up to this many times
 
 
 class BenchError(Exception):
@@ -118,43 +119,6 @@ def cohen_sample_noise(model, x, num: int, batch_size: int, sigma: float, num_cl
         return counts
 
 
-def _busy_jiffies() -> int:
-    """Jiffies all CPUs spent doing anything but idling, since boot (0 where /proc/stat is missing)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0  # no contention accounting: "busy elsewhere" reads 0 and nobody waits
-    # user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
-    return sum(fields[:8]) - fields[3] - fields[4]
-
-
-def _clock_ticks() -> int:
-    try:
-        return os.sysconf("SC_CLK_TCK")
-    except (ValueError, OSError, AttributeError):
-        return 100
-
-
-def _other_busy_cores(window: float) -> float:
-    """Cores that processes other than this one kept busy over the next `window` seconds."""
-    busy0, cpu0, t0 = _busy_jiffies(), time.process_time(), time.perf_counter()
-    time.sleep(window)
-    elapsed = time.perf_counter() - t0
-    return max(0.0, ((_busy_jiffies() - busy0) / _clock_ticks() - (time.process_time() - cpu0)) / elapsed)
-
-
-def wait_for_idle(limit_s: float) -> float:
-    """Wait (at most `limit_s` seconds) until the rest of the machine is idle; return the seconds waited."""
-    if limit_s <= 0:
-        return 0.0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < limit_s:
-        if _other_busy_cores(1.0) <= IDLE_CORES:
-            break
-    return time.perf_counter() - t0
-
-
 def rrcm_source() -> dict:
     """Which rrcm a worker imported: its folder and, when that is a git checkout, the commit and whether
     the smoothing code has uncommitted changes."""
@@ -174,19 +138,16 @@ def rrcm_source() -> dict:
     return info
 
 
-def run_worker(args: argparse.Namespace) -> dict:
+def build_sampler(args: argparse.Namespace):
+    """The configuration's model and its `sample(num, key) -> counts`, with the precision it runs at and
+    `--precision auto`'s decision (None for a fixed precision)."""
     import torch
 
     from rrcm.models import build_model, model_config
     from rrcm.smoothing.noise import ESTIMATION
     from rrcm.smoothing.smooth import Smooth
 
-    impl, precision, channels_last, tuned_malloc, description = CONFIGS[args.config]
-    expected_env = MALLOC_TUNABLES if tuned_malloc else None
-    if os.environ.get("GLIBC_TUNABLES") != expected_env:
-        raise BenchError(f"config {args.config} expects GLIBC_TUNABLES={expected_env!r} but the worker has "
-                         f"{os.environ.get('GLIBC_TUNABLES')!r}; run it through the parent script")
-
+    impl, precision, channels_last, _, _ = CONFIGS[args.config]
     torch.manual_seed(args.seed)
     cfg = model_config(MODELS[args.model], num_classes=NUM_CLASSES, in_channels=SHAPE[0], image_size=SHAPE[1],
                        mean=CIFAR_MEAN, std=CIFAR_STD)
@@ -211,42 +172,56 @@ def run_worker(args: argparse.Namespace) -> dict:
 
         def sample(num: int, key: int):
             return smooth.sample_counts(x, num, args.batch_size, idx=key, stage=ESTIMATION)
+    return model, sample, precision, auto
+
+
+def time_repeats(args: argparse.Namespace, sample) -> list[dict]:
+    """`--repeats` timed measurements of `--samples` noise samples each; with `--wait-idle`, a repeat
+    that ran beside other work is redone (`rrcm.profiling.measure_uncontended`)."""
+    def one_repeat(r: int) -> dict:
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        with Stopwatch() as watch:
+            counts = sample(args.samples, r)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+        total = int(sum(int(c) for c in counts))
+        if total != args.samples:
+            raise BenchError(f"{args.model}/{args.config}: counts sum to {total}, expected {args.samples}")
+        return {
+            "seconds": watch.seconds,
+            "samples_per_s": args.samples / watch.seconds,
+            "cpu_cores_used": watch.cpu_seconds / watch.seconds,
+            "busy_elsewhere_cores": watch.busy_elsewhere,
+            "minor_page_faults_per_batch": faults / math.ceil(args.samples / args.batch_size),
+        }
+
+    def contended(r: int, run: dict) -> None:
+        print(f"{args.model}/{args.config}: repeat {r + 1} ran beside other work "
+              f"({run['busy_elsewhere_cores']:.2f} cores busy elsewhere)", file=sys.stderr, flush=True)
+
+    runs = []
+    for r in range(args.repeats):
+        run, attempt = measure_uncontended(lambda r=r: one_repeat(r), wait_idle=args.wait_idle,
+                                           busy=lambda run: run["busy_elsewhere_cores"],
+                                           on_contended=lambda run, r=r: contended(r, run))
+        runs.append({**run, "attempt": attempt})
+    return runs
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    impl, _, channels_last, tuned_malloc, description = CONFIGS[args.config]
+    expected_env = MALLOC_TUNABLES if tuned_malloc else None
+    if os.environ.get("GLIBC_TUNABLES") != expected_env:
+        raise BenchError(f"config {args.config} expects GLIBC_TUNABLES={expected_env!r} but the worker has "
+                         f"{os.environ.get('GLIBC_TUNABLES')!r}; run it through the parent script")
+    model, sample, precision, auto = build_sampler(args)
 
     t0 = time.perf_counter()
     if args.warmup > 0:
         sample(args.warmup, 10_000)
     warmup_s = time.perf_counter() - t0
-
-    runs = []
-    for r in range(args.repeats):
-        for attempt in range(CONTENDED_RETRIES + 1 if args.wait_idle > 0 else 1):
-            wait_for_idle(args.wait_idle)
-            busy0, cpu0 = _busy_jiffies(), time.process_time()
-            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            t0 = time.perf_counter()
-            counts = sample(args.samples, r)
-            seconds = time.perf_counter() - t0
-            cpu = time.process_time() - cpu0
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-            busy = (_busy_jiffies() - busy0) / _clock_ticks()
-            total = int(sum(int(c) for c in counts))
-            if total != args.samples:
-                raise BenchError(f"{args.model}/{args.config}: counts sum to {total}, expected {args.samples}")
-            run = {
-                "seconds": seconds,
-                "samples_per_s": args.samples / seconds,
-                "cpu_cores_used": cpu / seconds,
-                # Cores kept busy by everything else on the machine while this ran (clamped: jiffy
-                # accounting is coarse).
-                "busy_elsewhere_cores": max(0.0, (busy - cpu) / seconds),
-                "minor_page_faults_per_batch": faults / math.ceil(args.samples / args.batch_size),
-                "attempt": attempt + 1,
-            }
-            if run["busy_elsewhere_cores"] <= CONTENDED_CORES:
-                break
-            print(f"{args.model}/{args.config}: repeat {r + 1} ran beside other work "
-                  f"({run['busy_elsewhere_cores']:.2f} cores busy elsewhere)", file=sys.stderr, flush=True)
-        runs.append(run)
+    runs = time_repeats(args, sample)
 
     rates = [r["samples_per_s"] for r in runs]
     return {
@@ -279,31 +254,6 @@ def run_worker(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------------------------
 # parent side: launch one child per (model, config), collect, print, compare
 # ----------------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_isa_flags() -> list[str]:
-    """The CPU flags that decide bf16 speed (avx512_bf16, amx_*), from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
-                                                            "avx512_fp16", "amx_bf16", "amx_tile"))
-    except OSError:
-        pass
-    return []
-
 
 def launch_worker(model: str, config: str, args: argparse.Namespace) -> dict:
     tuned_malloc = CONFIGS[config][3]
@@ -426,23 +376,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        result = run_worker(args)
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
-        return 0
+def run_meta(args: argparse.Namespace) -> dict:
+    """The run's settings and the machine it runs on, as the JSON's `meta`."""
+    import torch  # for the header; the measurements run in child processes
 
-    import torch  # only for the header; the measurements run in child processes
-
-    started = time.perf_counter()
-    started_at = datetime.datetime.now().astimezone()
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    meta = {
+    return {
         "command": "python " + command,
-        "date": started_at.isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_isa_flags(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu_model": cpu_name(),
+        "cpu_flags": sorted(cpu_flags() & ISA_FLAGS),
         "cpu_count": os.cpu_count(),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -460,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         "wait_idle_seconds": args.wait_idle,
         "loadavg_at_start": list(os.getloadavg()),
     }
+
+
+def print_header(meta: dict, args: argparse.Namespace) -> None:
     print("rrcm certification throughput (noise samples/s; higher is better)")
     print(f"  date        {meta['date']}")
     print(f"  command     {meta['command']}")
@@ -476,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  load avg    {' '.join(f'{v:.2f}' for v in meta['loadavg_at_start'])} at start")
     print()
 
+
+def measure_all(args: argparse.Namespace) -> list[dict]:
+    """One worker per (model, configuration), in order; progress on stderr."""
     results = []
     for model in args.model_list:
         for config in args.config_list:
@@ -491,9 +440,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"({result['wall_seconds_including_startup']:.0f} s)", file=sys.stderr, flush=True)
             results.append(result)
     print(file=sys.stderr)
+    return results
 
-    ratios = print_table(results, args.model_list, args.config_list)
-    # Like for like: every rrcm configuration against the baseline with the same malloc setting.
+
+def same_malloc_ratios(results: list[dict], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Like for like: every rrcm configuration against the baseline with the same malloc setting (printed
+    when both malloc settings were measured)."""
     same_malloc: dict[str, dict[str, float]] = {}
     for model in args.model_list:
         rows = {r["config"]: r for r in results if r["model"] == model}
@@ -506,13 +458,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model}: against the baseline with the same malloc setting: "
                   + ", ".join(f"{c} {v:.2f}x" for c, v in by_config.items()))
         print()
-    for r in results:
-        if r.get("precision_auto"):
-            print(f"{r['model']}/{r['config']}: auto chose {r['precision']}: {r['precision_auto']}")
-    print("samples/s: median of the timed repeats (range in brackets); x baseline: ratio of medians; cores: CPU")
-    print("cores this process used; elsewhere: most cores other processes kept busy during a repeat (should be ~0);")
-    print("faults/batch: minor page faults per forward batch (mmap churn of large buffers).")
-    print()
+    return same_malloc
+
+
+def print_headline(ratios: dict[str, dict[str, float]], args: argparse.Namespace) -> dict[str, float]:
+    """The headline configuration against the baseline, per model, against TARGET_SPEEDUP."""
     top, base = HEADLINE
     headline = {}
     if top in args.config_list:
@@ -521,6 +471,40 @@ def main(argv: list[str] | None = None) -> int:
             headline[model] = ratio
             verdict = "meets" if ratio >= TARGET_SPEEDUP else "MISSES"
             print(f"headline {model}: {top} vs {base}: {ratio:.2f}x ({verdict} the {TARGET_SPEEDUP:.0f}x target)")
+    return headline
+
+
+def write_json(path: str, payload: dict) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise BenchError(f"cannot write --json {path}: {e.strerror or e}") from e
+    print(f"results written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_worker(args)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+
+    started = time.perf_counter()
+    meta = run_meta(args)
+    print_header(meta, args)
+    results = measure_all(args)
+    ratios = print_table(results, args.model_list, args.config_list)
+    same_malloc = same_malloc_ratios(results, args)
+    for r in results:
+        if r.get("precision_auto"):
+            print(f"{r['model']}/{r['config']}: auto chose {r['precision']}: {r['precision_auto']}")
+    print("samples/s: median of the timed repeats (range in brackets); x baseline: ratio of medians; cores: CPU")
+    print("cores this process used; elsewhere: most cores other processes kept busy during a repeat (should be ~0);")
+    print("faults/batch: minor page faults per forward batch (mmap churn of large buffers).")
+    print()
+    headline = print_headline(ratios, args)
     if args.quick:
         print("(--quick is a smoke run: tiny batches and one short repeat; the figures are only indicative)")
     busiest = max(r["busy_elsewhere_cores_max"] for r in results)
@@ -533,16 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         meta["loadavg_at_end"] = list(os.getloadavg())
         meta["total_seconds"] = elapsed
-        payload = {"meta": meta, "results": results, "ratios_to_baseline": ratios,
-                   "ratios_to_same_malloc_baseline": same_malloc,
-                   "headline": {"config": top, "against": base, "target": TARGET_SPEEDUP, "ratios": headline}}
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=2)
-                f.write("\n")
-        except OSError as e:
-            raise BenchError(f"cannot write --json {args.json}: {e.strerror or e}") from e
-        print(f"results written to {args.json}")
+        top, base = HEADLINE
+        write_json(args.json, {"meta": meta, "results": results, "ratios_to_baseline": ratios,
+                               "ratios_to_same_malloc_baseline": same_malloc,
+                               "headline": {"config": top, "against": base, "target": TARGET_SPEEDUP,
+                                            "ratios": headline}})
     return 0
 
 

@@ -181,25 +181,9 @@ def rows_done(log: Path) -> int:
 
 
 def cpu_description() -> str:
-    """lscpu's model name and whether the CPU has the bf16 instructions (avx512_bf16, AMX)."""
-    name, flags = "unknown CPU", set()
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        text = ""
-    if not text.strip():
-        try:
-            text = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() == "model name" and name == "unknown CPU":
-            name = value.strip()
-        elif key.strip().lower() == "flags":
-            flags |= set(value.split())
-    bf16 = sorted(f for f in flags if f == "avx512_bf16" or f.startswith("amx"))
-    return f"{name} ({', '.join(bf16) if bf16 else 'no avx512_bf16, no AMX'})"
+    from rrcm.profiling import cpu_summary
+
+    return cpu_summary()
 
 
 def read_timing(path: Path) -> dict:

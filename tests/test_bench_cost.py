@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rrcm import bench_cost
+from rrcm import bench_cost, profiling
 from rrcm.bench_cost import (ClassifierSpec, CostSettings, NetworkSpec, Suite, count_network, format_report,
                              measure, paper_suite, small_suite)
 from rrcm.checkpoint import save_checkpoint
@@ -91,11 +91,11 @@ def test_imagenet_flops_ratio_near_the_papers_85x(paper_report):
 
 def test_meta_counting_equals_cpu_counting_with_attention():
     # On a real CPU tensor attention runs a fused kernel torch's counter has no formula for;
-    # bench_cost adds one, so both paths give the hand count.
+    # rrcm.profiling adds one, so both paths give the hand count.
     cfg = model_config("vit", num_classes=10, in_channels=3, image_size=32, mean=[0.5] * 3, std=[0.5] * 3)
     spec = NetworkSpec("vit", "small vit", (3, 32, 32), lambda: build_model(cfg))
     meta = count_network(spec)
-    cpu = bench_cost._count(build_model(cfg).eval(), (3, 32, 32), "cpu")
+    cpu = profiling.count_flops(build_model(cfg).eval(), (3, 32, 32), "cpu")
     hand = vit_macs(width=64, depth=4, tokens=65, patches=64, patch_dim=3 * 4 * 4, num_classes=10)
     assert meta["counted_on"] == "meta"
     assert meta["macs"] == cpu // 2 == hand
@@ -108,17 +108,7 @@ def test_digits_dds_counts_on_meta_like_on_the_cpu():
         pytest.skip("no 'dds' arch in this checkout")
     counted = count_network(spec)
     assert counted["counted_on"] == "meta"
-    assert counted["flops"] == bench_cost._count(spec.build().eval(), (1, 8, 8), "cpu")
-
-
-def test_meta_init_allocates_parameters_on_meta_only():
-    with bench_cost.meta_init():
-        model = build_model(model_config("rrcm_vit", num_classes=10, in_channels=1, image_size=8,
-                                         mean=[0.5], std=[0.5], size="digits"))
-        literal = torch.tensor([1.0, 2.0])
-    assert all(p.device.type == "meta" for p in model.parameters())
-    assert literal.device.type == "cpu"     # Normalize's checks need real values
-    assert torch.empty(2).device.type == "cpu"  # the mode ends with the block
+    assert counted["flops"] == profiling.count_flops(spec.build().eval(), (1, 8, 8), "cpu")
 
 
 def test_digits_lenet5_counts_equal_a_hand_count():

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -107,16 +106,11 @@ RUN_RECORD = ROOT / "mutants" / "rrcm-run.json"  # when and how long the last ru
 
 
 def machine() -> str:
-    """The CPU model, its native-bf16 flags and the number of CPUs, e.g. "Intel(R) Xeon(R) Processor (amx_bf16,
+    """The CPU model, its bf16 flags and the number of CPUs, e.g. "Intel(R) Xeon(R) Processor (amx_bf16,
     avx512_bf16), 2 CPUs"."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = sorted({f for f in info.split() if f in ("avx512_bf16", "amx_bf16")})
-    except (OSError, StopIteration):
-        pass
-    return f"{model}{' (' + ', '.join(flags) + ')' if flags else ''}, {os.cpu_count()} CPUs"
+    from rrcm.profiling import cpu_summary
+
+    return f"{cpu_summary()}, {os.cpu_count()} CPUs"
 
 
 def run_mutmut(args) -> dict:

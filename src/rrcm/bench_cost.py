@@ -6,9 +6,8 @@ rRCM's classifier is one ViT forward; diffusion denoised smoothing (DDS, Carlini
 diffusion UNet (one denoising call) and then a classifier. For every base classifier this module
 reports
 
-- parameters and FLOPs of ONE sample's forward (MACs = FLOPs / 2), counted with
-  `torch.utils.flop_counter.FlopCounterMode`: matrix products, convolutions and attention; the
-  element-wise work (norms, activations, softmax, residual adds) is not counted, as usual;
+- parameters and FLOPs of ONE sample's forward (MACs = FLOPs / 2): matrix products, convolutions
+  and attention, counted on the meta device (no weights allocated); element-wise work is not counted;
 - wall time per sample measured on this machine at a stated batch size and precision (fp32, or bf16
   autocast), the median over `repeats` timed forwards after `warmup` untimed ones;
 - the cost of one certificate, (n0 + n) × the per-sample figures, in FLOPs and seconds;
@@ -24,54 +23,34 @@ Two scales:
 - `small_suite()` and `checkpoint_suite()`: the small models this repository trains (or any rrcm
   checkpoint), at their own input size.
 
-Counting never allocates weights: the model is built on the `meta` device and run on a meta tensor.
-A plain `with torch.device("meta")` does not work for rrcm's models: `Normalize` checks its std with
-`bool((std > 0).all())`, which needs a value. `meta_init()` therefore sends the storage factories
-that have no device (the `torch.empty` behind each parameter, zeros, ones, randn, ...) to meta but
-leaves value constructors (`torch.tensor([...])`, arange, linspace: small, and their values may be
-needed, e.g. a DDPM noise schedule) on the CPU; the built model is then moved to meta.
-Counting on meta is also what makes attention count: on a real CPU tensor `scaled_dot_product_attention`
-runs the fused `_scaled_dot_product_flash_attention_for_cpu` kernel, which FlopCounterMode (torch 2.13)
-has no formula for, while on meta it decomposes into counted matrix products. Should a model not run
-on meta, it is counted on the CPU instead, with a formula for that kernel added (`counted_on` says
-which was used).
+How FLOPs are counted, forwards timed and the machine's load sampled is `rrcm.profiling`'s; this
+module holds the networks, sums them per base classifier and prints the tables.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import UserError
+from .errors import UserError, short_message
+from .profiling import CONTENDED_CORES, PRECISIONS, count_model, describe_machine, meta_init, time_model
 
-__all__ = ["CostSettings", "NetworkSpec", "ClassifierSpec", "Suite", "PRECISIONS", "meta_init", "count_network",
-           "time_model", "paper_suite", "small_suite", "checkpoint_suite", "measure", "format_report",
+__all__ = ["CostSettings", "NetworkSpec", "ClassifierSpec", "Suite", "count_network", "paper_suite", "small_suite",
+           "checkpoint_suite", "parse_checkpoint_items", "measure", "format_report", "run_cost_command",
            "ADM_256_UNCOND", "IDDPM_CIFAR10", "DenoiserStep"]
 
-PRECISIONS = ("fp32", "bf16")
 DEFAULT_N = 100_000
 DEFAULT_N0 = 100
 # Networks at or above this many MACs per sample are timed at `big_batch_size` (default 1): one
 # forward already takes seconds there and its matrix products keep the cores busy at batch 1.
 BIG_MACS = 100e9
 DDS_TIMESTEP = 100  # any fixed timestep: a denoising call costs the same at every t
-IDLE_CORES = 0.1        # the rest of the machine counts as idle below this many busy cores
-CONTENDED_CORES = 0.25  # a timed forward with more than this many cores busy elsewhere is not clean
-CONTENDED_RETRIES = 3   # with wait_idle, a contended forward is redone up to this many times
 
 # ---- the DDS denoisers, as `diffusers.UNet2DModel` configurations
 
@@ -133,7 +112,7 @@ class NetworkSpec:
     """One network that runs once per noise sample.
 
     `build` makes it with random weights on the current default device (it is called under
-    `meta_init()` for counting); `load`, if given, makes the model that is timed (a checkpoint's
+    `profiling.meta_init()` for counting); `load`, if given, makes the model that is timed (a checkpoint's
     trained weights), else `build` is used. `reference` holds published figures to compare with.
     """
 
@@ -246,9 +225,8 @@ def small_suite() -> Suite:
     """The repository's small default models on digits (8×8 grey, 10 classes), at random weights.
 
     digits DDS (the "dds" arch: the "small" DDPM UNet denoiser, one step at σ = 0.25, + LeNet-5) is
-    included where rrcm.models has that arch, else listed as skipped with the reason.
+    included when it builds, else listed as skipped with the reason.
     """
-    from . import models
     from .models import build_model
 
     digits = {"num_classes": 10, "in_channels": 1, "image_size": 8}
@@ -261,17 +239,13 @@ def small_suite() -> Suite:
     classifiers = [ClassifierSpec("digits LeNet-5", "other", ("digits-lenet5",)),
                    ClassifierSpec("digits rRCM", "rrcm", ("digits-rrcm",))]
     suite = Suite("small", nets, classifiers)
-    # "dds" is a composite arch: listed in COMPOSITE_ARCHS (ARCHS lists the trainable ones)
-    if "dds" not in (*models.ARCHS, *getattr(models, "COMPOSITE_ARCHS", ())):
-        suite.skipped.append({"what": "digits DDS", "reason": "rrcm.models has no 'dds' arch"})
-        return suite
-    try:  # another module's arch, still changing: a failure skips it (with the reason), never the command
+    try:  # a baseline's model: should it not build, the table says why and the rest is still measured
         dds_config = _digits_dds_config(digits)
         with meta_init():
             build_model(dds_config)
     except Exception as e:  # noqa: BLE001
         suite.skipped.append({"what": "digits DDS", "reason": f"cannot build the 'dds' arch for digits: "
-                                                             f"{type(e).__name__}: {_first_line(e)}"})
+                                                             f"{type(e).__name__}: {short_message(e)}"})
         return suite
     nets.append(NetworkSpec("digits-dds", "digits DDS: small DDPM UNet (1 step) + LeNet-5", (1, 8, 8),
                             lambda: build_model(dds_config)))
@@ -325,7 +299,7 @@ def checkpoint_suite(items: Sequence[tuple[str, str]]) -> Suite:
             try:
                 return build_model(cfg)
             except (KeyError, TypeError, ValueError) as e:
-                raise UserError(f"checkpoint {p} describes a model rrcm cannot build ({_first_line(e)}); "
+                raise UserError(f"checkpoint {p} describes a model rrcm cannot build ({short_message(e)}); "
                                 "it may come from a newer rrcm version") from None
 
         nets.append(NetworkSpec(f"ckpt:{label}", f"{label}: {arch} from {path}", shape, build,
@@ -338,187 +312,11 @@ def checkpoint_suite(items: Sequence[tuple[str, str]]) -> Suite:
     return Suite("checkpoints", nets, classifiers, pairs=pairs)
 
 
-# ---- counting on the meta device
-
-# Constructors that allocate storage to be filled (parameters, running statistics). Constructors of
-# values (torch.tensor, arange, linspace, eye, ...) stay on the CPU: a model may need those values
-# (a noise schedule, a check), and they are small.
-_FACTORIES = frozenset({torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand,
-                        torch.randn, torch.randint})
-
-
-class _MetaFactories(TorchFunctionMode):
-    """Storage factories without an explicit device go to meta; value constructors stay on the CPU."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func in _FACTORIES and kwargs.get("device") is None:
-            kwargs["device"] = torch.device("meta")
-        return func(*args, **kwargs)
-
-
-def meta_init() -> TorchFunctionMode:
-    """Context manager: build a model's parameters on the meta device (no memory, no init cost).
-
-    Unlike `torch.device("meta")`, tensors built from values (torch.tensor, arange, linspace, ...)
-    stay real, so constructors that check such values (rrcm's `Normalize`) or keep them (a DDPM noise
-    schedule) work; move the model with `.to("meta")` afterwards (plain tensor attributes stay put).
-    """
-    return _MetaFactories()
-
-
-def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of softmax(QKᵀ)V for shapes (B, H, L, E), (B, H, S, E), (B, H, S, Ev): two matrix products."""
-    b, h, l, e = query
-    s, ev = key[-2], value[-1]
-    return 2 * b * h * l * s * e + 2 * b * h * l * s * ev
-
-
-def _flop_counter() -> FlopCounterMode:
-    # CPU's fused attention kernel has no formula in torch's registry; the meta path never reaches it.
-    mapping = {}
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is not None:
-        mapping[op] = _sdpa_flops
-    return FlopCounterMode(display=False, custom_mapping=mapping)
-
-
-def _count(model: nn.Module, input_shape: tuple[int, ...], device: str) -> int:
-    x = torch.zeros((1, *input_shape), device=device)
-    counter = _flop_counter()
-    with torch.no_grad(), counter:
-        model(x)
-    return int(counter.get_total_flops())
-
+# ---- the whole measurement
 
 def count_network(spec: NetworkSpec) -> dict[str, Any]:
     """Parameters and FLOPs of one sample's forward; counted on meta (on the CPU if meta fails)."""
-    try:
-        with meta_init():
-            model = spec.build()
-        model = model.to("meta").eval()
-        flops, where, note = _count(model, spec.input_shape, "meta"), "meta", None
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any op without a meta kernel: count the real thing instead
-        note = f"meta failed ({type(e).__name__}: {_first_line(e)})"
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = spec.build().eval()
-        flops, where = _count(model, spec.input_shape, "cpu"), "cpu"
-    params = sum(p.numel() for p in model.parameters())
-    result = {"params": int(params), "flops": flops, "macs": flops // 2, "counted_on": where}
-    if note:
-        result["note"] = note
-    return result
-
-
-# ---- timing
-
-def _busy_jiffies() -> int:
-    """Jiffies all CPUs spent on anything but idling since boot (0 without /proc/stat)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0
-    return sum(fields[:8]) - fields[3] - fields[4]  # minus idle and iowait
-
-
-def _ticks() -> int:
-    try:
-        return os.sysconf("SC_CLK_TCK")
-    except (ValueError, OSError, AttributeError):
-        return 100
-
-
-def _autocast(precision: str, device_type: str = "cpu"):
-    if precision == "bf16":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def _other_busy_cores(window: float) -> float:
-    """Cores that processes other than this one kept busy over the next `window` seconds."""
-    busy0, cpu0, t0 = _busy_jiffies(), time.process_time(), time.perf_counter()
-    time.sleep(window)
-    elapsed = time.perf_counter() - t0
-    return max(0.0, ((_busy_jiffies() - busy0) / _ticks() - (time.process_time() - cpu0)) / elapsed)
-
-
-def wait_for_idle(limit_s: float) -> float:
-    """Wait at most `limit_s` seconds until the rest of the machine is idle; return the seconds waited."""
-    t0 = time.perf_counter()
-    while limit_s > 0 and time.perf_counter() - t0 < limit_s:
-        if _other_busy_cores(1.0) <= IDLE_CORES:
-            break
-    return time.perf_counter() - t0
-
-
-def time_model(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int, precision: str,
-               repeats: int, warmup: int = 1, seed: int = 0, wait_idle: float = 0.0,
-               device: str = "cpu") -> dict[str, Any]:
-    """Median wall time of a forward of `batch_size` samples (random [0, 1] pixels), per sample.
-
-    Also reports how many cores other processes kept busy meanwhile (from /proc/stat): on a small
-    machine, figures taken beside other work are not clean. With `wait_idle` > 0 each timed forward
-    first waits up to that many seconds for the rest of the machine to go idle, and one that still
-    ran beside other work (more than CONTENDED_CORES busy elsewhere) is redone, up to
-    CONTENDED_RETRIES times.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    x = torch.rand((batch_size, *input_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    model = model.to(device)
-    on_gpu = torch.device(device).type == "cuda"
-    # a GPU runs asynchronously: wait for its queue before starting and before stopping the clock
-    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
-    seconds, elsewhere, attempts = [], [], []
-    with torch.inference_mode(), _autocast(precision, torch.device(device).type):
-        for _ in range(warmup):
-            model(x)
-        sync()
-        for _ in range(repeats):
-            for attempt in range(1, (CONTENDED_RETRIES + 2) if wait_idle > 0 else 2):
-                if wait_idle > 0:
-                    wait_for_idle(wait_idle)
-                busy0, cpu0, t0 = _busy_jiffies(), time.process_time(), time.perf_counter()
-                model(x)
-                sync()
-                dt = time.perf_counter() - t0
-                other = max(0.0, ((_busy_jiffies() - busy0) / _ticks() - (time.process_time() - cpu0)) / dt)
-                if other <= CONTENDED_CORES:
-                    break
-            seconds.append(dt)
-            elsewhere.append(other)
-            attempts.append(attempt)
-    median = statistics.median(seconds)
-    return {"precision": precision, "device": device, "batch_size": batch_size, "repeats": repeats,
-            "warmup": warmup,
-            "seconds_per_forward": seconds, "seconds_per_sample": median / batch_size,
-            "busy_elsewhere_cores": max(elsewhere), "busy_elsewhere_per_forward": elsewhere, "attempts": attempts}
-
-
-# ---- the whole measurement
-
-def _machine() -> dict[str, Any]:
-    cpu, flags = None, []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if cpu is None and line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith("flags"):
-                    flags = sorted(set(line.split(":", 1)[1].split()) & {
-                        "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"})
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu or platform.processor() or "unknown", "gpu": gpu, "cpu_flags": flags,
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return count_model(spec.build, spec.input_shape)
 
 
 def _log(progress: bool, message: str) -> None:
@@ -526,45 +324,51 @@ def _log(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _measure_network(spec: NetworkSpec, suite: Suite, settings: CostSettings, progress: bool) -> dict[str, Any]:
+    """One network's report entry: its counts and, for a timed suite, its timings per precision."""
+    _log(progress, f"counting {spec.key} ...")
+    counted = count_network(spec)
+    entry = {"suite": suite.name, "description": spec.description, "input_shape": list(spec.input_shape),
+             **counted, "timings": {}}
+    if spec.reference:
+        entry["reference"] = dict(spec.reference)
+    if not suite.timed:
+        return entry
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = (spec.load or spec.build)().eval()
+    batch = settings.batch_for(counted["macs"])
+    for precision in settings.precisions:
+        _log(progress, f"timing {spec.key}: {precision}, batch {batch}, "
+                       f"{settings.warmup} + {settings.repeats} forwards ...")
+        entry["timings"][precision] = time_model(model, spec.input_shape, batch_size=batch, precision=precision,
+                                                 repeats=settings.repeats, warmup=settings.warmup,
+                                                 seed=settings.seed, wait_idle=settings.wait_idle,
+                                                 device=settings.device)
+    del model
+    if settings.device != "cpu":
+        torch.cuda.empty_cache()
+    return entry
+
+
 def measure(suites: Sequence[Suite], settings: CostSettings, *, progress: bool = False) -> dict[str, Any]:
     """Count (and, for timed suites, time) every network; sum per classifier; compare the pairs."""
     settings.validate()
     samples = settings.n + settings.n0
     report: dict[str, Any] = {
-        "meta": {**_machine(), "settings": {"batch_size": settings.batch_size,
-                                            "big_batch_size": settings.big_batch_size,
-                                            "big_macs_threshold": BIG_MACS, "precisions": list(settings.precisions),
-                                            "repeats": settings.repeats, "warmup": settings.warmup,
-                                            "wait_idle": settings.wait_idle, "device": settings.device,
-                                            "n": settings.n, "n0": settings.n0}},
+        "meta": {**describe_machine(), "settings": {"batch_size": settings.batch_size,
+                                                    "big_batch_size": settings.big_batch_size,
+                                                    "big_macs_threshold": BIG_MACS,
+                                                    "precisions": list(settings.precisions),
+                                                    "repeats": settings.repeats, "warmup": settings.warmup,
+                                                    "wait_idle": settings.wait_idle, "device": settings.device,
+                                                    "n": settings.n, "n0": settings.n0}},
         "networks": {}, "classifiers": [], "pairs": [], "skipped": [],
     }
     for suite in suites:
         report["skipped"] += [{"suite": suite.name, **s} for s in suite.skipped]
         for spec in suite.networks:
-            _log(progress, f"counting {spec.key} ...")
-            counted = count_network(spec)
-            entry = {"suite": suite.name, "description": spec.description, "input_shape": list(spec.input_shape),
-                     **counted, "timings": {}}
-            if spec.reference:
-                entry["reference"] = dict(spec.reference)
-            if suite.timed:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(settings.seed)
-                    model = (spec.load or spec.build)().eval()
-                batch = settings.batch_for(counted["macs"])
-                for precision in settings.precisions:
-                    _log(progress, f"timing {spec.key}: {precision}, batch {batch}, "
-                                   f"{settings.warmup} + {settings.repeats} forwards ...")
-                    entry["timings"][precision] = time_model(model, spec.input_shape, batch_size=batch,
-                                                             precision=precision, repeats=settings.repeats,
-                                                             warmup=settings.warmup, seed=settings.seed,
-                                                             wait_idle=settings.wait_idle,
-                                                             device=settings.device)
-                del model
-                if settings.device != "cpu":
-                    torch.cuda.empty_cache()
-            report["networks"][spec.key] = entry
+            report["networks"][spec.key] = _measure_network(spec, suite, settings, progress)
         for clf in suite.classifiers:
             nets = [report["networks"][k] for k in clf.networks]
             flops = sum(n["flops"] for n in nets)
@@ -692,11 +496,6 @@ def format_report(report: dict[str, Any]) -> str:
     for s in report["skipped"]:
         out.append(f"skipped {s['what']}: {s['reason']}")
     return "\n".join(out) + "\n"
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---- the command (`rrcm bench cost`; the parser lives in rrcm.cli)

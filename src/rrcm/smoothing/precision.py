@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ..profiling import Stopwatch, cpu_flags, cpu_name
+
 AUTO = "auto"
 CONCRETE = ("fp32", "bf16", "fp16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -82,29 +84,6 @@ class Decision:
 
 
 # -- the machine -----------------------------------------------------------------------------------
-
-def cpu_flags(path: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read, e.g. not Linux)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_name(path: str | os.PathLike = "/proc/cpuinfo") -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
 
 def native_bf16_flags(flags: Iterable[str]) -> list[str]:
     return sorted(set(flags) & set(NATIVE_BF16_FLAGS))
@@ -258,33 +237,6 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _busy_jiffies() -> int | None:
-    """Jiffies all CPUs spent on anything but idling since boot (None where /proc/stat is missing)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        return sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class _Elsewhere:
-    """Cores that other processes keep busy between `start` and `stop` (from /proc/stat)."""
-
-    def __init__(self):
-        self.jiffies, self.cpu, self.wall = _busy_jiffies(), time.process_time(), time.perf_counter()
-
-    def cores(self) -> float:
-        jiffies, wall = _busy_jiffies(), time.perf_counter() - self.wall
-        if jiffies is None or self.jiffies is None or wall <= 0:
-            return 0.0
-        try:
-            ticks = os.sysconf("SC_CLK_TCK")
-        except (ValueError, OSError, AttributeError):
-            ticks = 100
-        return max(0.0, ((jiffies - self.jiffies) / ticks - (time.process_time() - self.cpu)) / wall)
-
-
 def timing_probe(model: torch.nn.Module, shape: tuple[int, ...], batch_size: int, device: torch.device, *,
                  channels_last: bool = False, budget_s: float = PROBE_BUDGET_S, repeats: int = PROBE_REPEATS,
                  timer: Callable[[], float] = time.perf_counter) -> Probe:
@@ -308,8 +260,7 @@ def timing_probe(model: torch.nn.Module, shape: tuple[int, ...], batch_size: int
             torch.cuda.synchronize(device)
         return timer() - t0
 
-    elsewhere = _Elsewhere()
-    with torch.no_grad(), _eval_mode(model):
+    with Stopwatch() as elsewhere, torch.no_grad(), _eval_mode(model):
         small = min(batch_size, PROBE_MIN_BATCH)
         calibrate = batch_of(small)
         forward(calibrate, "fp32")  # first call: allocations, kernel selection
@@ -326,7 +277,7 @@ def timing_probe(model: torch.nn.Module, shape: tuple[int, ...], batch_size: int
                     best[precision] = min(best[precision], seconds)
             if round_ >= 1 and timer() - started > 2 * budget_s:
                 break  # the calibration underestimated: stop at one timed forward each
-    return Probe(best, probe_batch, elsewhere.cores())
+    return Probe(best, probe_batch, elsewhere.busy_elsewhere)
 
 
 def choose_precision(model: torch.nn.Module, shape: tuple[int, ...], batch_size: int,
