@@ -212,3 +212,70 @@ def test_certify_dry_run_on_real_data_decodes_no_image_and_counts(shared_dir, tm
     assert code == 0, err
     assert json.loads(out)["examples"] == 100  # 10,000 test images, every 100th
     assert not (tmp_path / "log.tsv").exists()
+
+
+def test_help_lists_what_the_registries_hold(capsys):
+    from rrcm.data import DATASETS
+    from rrcm.models import arch_names
+    from rrcm.smoothing.procedures import SEQUENCES
+    from rrcm.smoothing.runner import PROCEDURES
+    from rrcm.train.objectives import METHODS
+
+    def help_text(command):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    for command in ("train", "finetune"):
+        text = help_text(command)
+        assert f"--arch ARCH model architecture: {', '.join(arch_names(composite=False))}" in text
+        assert f"--method METHOD training objective: {', '.join(METHODS)}" in text
+        assert f"--data DATA data set: {', '.join(DATASETS)}" in text
+    text = help_text("certify")
+    assert f"--procedure {{{','.join(PROCEDURES)}}}" in text and f"--sequence {{{','.join(SEQUENCES)}}}" in text
+
+
+def test_the_distributed_context_leaves_the_group_together_or_at_once_on_an_error(monkeypatch):
+    import rrcm.distributed as distributed_module
+
+    calls = []
+    monkeypatch.setattr(distributed_module, "shutdown", lambda ctx, failed=False: calls.append(failed))
+    with distributed_module.distributed("cpu") as ctx:
+        assert ctx.world_size == 1 and ctx.device == torch.device("cpu")
+    assert calls == [False]
+    with pytest.raises(KeyError, match="boom"):
+        with distributed_module.distributed("cpu"):
+            raise KeyError("boom")
+    assert calls == [False, True]
+    from rrcm.errors import UserError
+
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
+        with distributed_module.distributed("tpu"):
+            pass
+    assert calls == [False, True]  # nothing was joined, so nothing is left
+
+
+def test_the_malloc_re_exec_runs_the_command_once_with_the_tunables(monkeypatch):
+    import rrcm.cli as cli
+
+    execs = []
+    monkeypatch.setattr(cli.os, "execve", lambda program, argv, env: execs.append((program, argv, env)))
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("RRCM_NO_REEXEC", raising=False)
+    monkeypatch.setenv("RRCM_TEST_KEPT", "kept")
+    cli.reexec_with_malloc_tunables(["/bin/python", "-m", "rrcm", "certify"])
+    [(program, argv, env)] = execs
+    assert program == "/bin/python" and argv == ["/bin/python", "-m", "rrcm", "certify"]
+    assert env["GLIBC_TUNABLES"] == cli.MALLOC_TUNABLES and env["RRCM_TEST_KEPT"] == "kept"
+    for variable, value in (("GLIBC_TUNABLES", "glibc.malloc.check=0"), ("RRCM_NO_REEXEC", "1")):
+        monkeypatch.setenv(variable, value)
+        cli.reexec_with_malloc_tunables(["/bin/python"])
+        monkeypatch.delenv(variable)
+    assert len(execs) == 1
+
+    def refuse(*args):
+        raise PermissionError("no exec here")
+
+    monkeypatch.setattr(cli.os, "execve", refuse)
+    cli.reexec_with_malloc_tunables(["/bin/python"])  # runs on without the setting

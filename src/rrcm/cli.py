@@ -1,7 +1,10 @@
 """`rrcm <command>`: a thin command line over the library.
 
-Every command validates its options, writes its resolved config next to its outputs, and turns user
-mistakes into one line `rrcm: error: <problem>; <fix>` with exit status 2 (never a traceback).
+Each command parses its options, calls the library (`rrcm.certify.plan_certification`, the training
+functions, `rrcm.report`, ...) and prints what it produced. The library validates, writes the resolved
+config next to its outputs, and raises `UserError` for user mistakes; the CLI prints those as one line
+`rrcm: error: <problem>; <fix>` with exit status 2 (never a traceback). Option lists in the help come from
+the registries (archs, methods, data sets, procedures), so they list what the library takes.
 """
 
 from __future__ import annotations
@@ -11,17 +14,21 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import UserError
 
 if TYPE_CHECKING:
+    from .distributed import DistContext
     from .train.config import TrainConfig
 
 # glibc returns freed memory to the OS eagerly; for the large, short-lived tensors of noise batches
 # that costs a page fault storm. Keeping it (thresholds of 4 GiB) made CPU certification 2–3× faster
-# here. It must be set before the process starts, so the CLI re-executes itself once with it.
+# here. It must be set before the process starts, so the CLI re-executes itself once with it
+# (`reexec_with_malloc_tunables`; benchmarks/ use the same).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
+# the commands that re-execute themselves with MALLOC_TUNABLES (not their --dry-run)
+HEAVY_COMMANDS = ("certify", "train", "finetune", "pretrain", "train-denoiser", "bench", "demo")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +36,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names)
 
 
 # -- presets ---------------------------------------------------------------------------------------
@@ -58,15 +73,15 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 
 # -- train -----------------------------------------------------------------------------------------
 TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
-    "--data": ("data", str, "data set: digits, mnist, cifar10, imagefolder"),
+    "--data": ("data", str, "data set: {datasets}"),
     "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
     "--image-size": ("image_size", int, "imagefolder: resize + centre-crop side (default 224)"),
-    "--arch": ("arch", str, "model architecture (lenet, cifar_resnet20, cifar_resnet110, vit)"),
-    "--method": ("method", str, "gaussian (Cohen et al.), consistency (Jeong & Shin) or clean (no noise)"),
+    "--arch": ("arch", str, "model architecture: {archs}"),
+    "--method": ("method", str, "training objective: {methods}"),
     "--sigma": ("sigma", float, "training noise σ on [0, 1] pixels"),
     "--epochs": ("epochs", int, "training epochs"),
     "--batch-size": ("batch_size", int, "global batch size"),
-    "--optimizer": ("optimizer", str, "sgd or adamw"),
+    "--optimizer": ("optimizer", str, "optimizer: {optimizers}"),
     "--lr": ("lr", float, "peak learning rate (warm-up, then cosine decay)"),
     "--momentum": ("momentum", float, "SGD momentum (Nesterov)"),
     "--weight-decay": ("weight_decay", float, "weight decay (not on biases and norms)"),
@@ -75,8 +90,8 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--lbd": ("lbd", float, "consistency: weight λ of the KL term"),
     "--eta": ("eta", float, "consistency: weight η of the entropy term"),
     "--seed": ("seed", int, "random seed"),
-    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
-    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--device": ("device", str, "{devices}"),
+    "--precision": ("precision", str, "{precisions} (autocast; fp16 with loss scaling)"),
     "--checkpoint-every": ("checkpoint_every", int, "epochs between resumable checkpoints"),
     "--pretrained": ("pretrained", str, "rRCM: encoder.safetensors from `rrcm pretrain` (arch rrcm_vit)"),
     "--layer-decay": ("layer_decay", float, "layer-wise learning-rate decay for ViTs, e.g. 0.65"),
@@ -92,7 +107,7 @@ FINETUNE_DEFAULTS = {"arch": "rrcm_vit", "method": "consistency", "optimizer": "
                      "warmup_epochs": 1.0, "grad_clip": 3.0}
 
 PRETRAIN_FLAGS = {  # flag -> (PretrainConfig field, type, help)
-    "--data": ("data", str, "data set: digits, mnist, cifar10, imagefolder"),
+    "--data": ("data", str, "data set: {datasets}"),
     "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
     "--image-size": ("image_size", int, "imagefolder: resize + centre-crop side (default 224)"),
     "--steps": ("steps", int, "optimisation steps"),
@@ -109,17 +124,33 @@ PRETRAIN_FLAGS = {  # flag -> (PretrainConfig field, type, help)
     "--instance-weight": ("instance_weight", float, "weight of the instance-discrimination term (0: ablate it)"),
     "--crop-scale-min": ("crop_scale_min", float, "smallest random-resized-crop area for the views"),
     "--seed": ("seed", int, "random seed"),
-    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
-    "--precision": ("precision", str, "fp32, bf16 or fp16 (autocast; fp16 with loss scaling)"),
+    "--device": ("device", str, "{devices}"),
+    "--precision": ("precision", str, "{precisions} (autocast; fp16 with loss scaling)"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between resumable checkpoints"),
     "--log-every": ("log_every", int, "steps per metrics row"),
 }
 
 
+def _registry_names() -> dict[str, str]:
+    """What the flags' help lists, read from the registries: they cannot go stale."""
+    from .baselines.denoiser import BETA_SCHEDULES, UNET_SIZES
+    from .data import DATASETS
+    from .distributed import DEVICE_CHOICES
+    from .models import arch_names
+    from .train.engine import OPTIMIZERS, PRECISIONS
+    from .train.objectives import METHODS
+
+    return {"datasets": _names(DATASETS), "archs": _names(arch_names(composite=False)), "methods": _names(METHODS),
+            "optimizers": _names(OPTIMIZERS), "precisions": _names(PRECISIONS), "devices": DEVICE_CHOICES,
+            "unet_sizes": _names(UNET_SIZES), "beta_schedules": _names(BETA_SCHEDULES)}
+
+
 def _add_flags(p, flags: dict) -> None:
+    """The flags of a training command; the config validates their values (and a preset's) itself."""
+    names = _registry_names()
     p.add_argument("--preset", help=f"YAML preset ({', '.join(list_presets())}) or a YAML file; flags override it")
     for flag, (_, kind, text) in flags.items():
-        p.add_argument(flag, type=kind, default=None, help=text)
+        p.add_argument(flag, type=kind, default=None, help=text.format(**names))
     p.add_argument("--arch-option", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture option, e.g. width=64 or size=tiny (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
@@ -177,8 +208,23 @@ def _collect(args, flags: dict, base: dict) -> dict[str, Any]:
     return values
 
 
+def _resolve_or_run(args, device: str, resolve: Callable[[], dict], run: Callable[["DistContext"], Path],
+                    artefact: str) -> int:
+    """`--dry-run` prints what `resolve` gives; otherwise `run` (under torchrun, in every process, inside one
+    process group) and print the path of what it wrote."""
+    if args.dry_run:
+        _print_json(resolve())
+        return 0
+    from .distributed import distributed
+
+    with distributed(device) as ctx:
+        path = run(ctx)
+    if ctx.is_main:
+        print(f"{artefact}: {path}")
+    return 0
+
+
 def run_pretrain(args) -> int:
-    from .distributed import init_distributed, shutdown
     from .train.pretrain import PretrainConfig, pretrain, resolve_pretrain_config
 
     values = _collect(args, PRETRAIN_FLAGS, {})
@@ -187,23 +233,16 @@ def run_pretrain(args) -> int:
     if args.no_blur:
         values["blur"] = False
     cfg = PretrainConfig.from_dict(values)
-    if args.dry_run:
+
+    def resolve() -> dict:
         from .data import probe_dataset
 
         cfg.validate()
         info, _ = probe_dataset(cfg.data, "train", cfg.data_root, image_size=cfg.image_size)  # decodes no image
-        print(json.dumps(resolve_pretrain_config(cfg, info), indent=2, sort_keys=True))
-        return 0
-    ctx = init_distributed(cfg.device)
-    try:
-        path = pretrain(cfg, args.out, progress=not args.quiet, ctx=ctx)
-    except BaseException:
-        shutdown(ctx, failed=True)
-        raise
-    shutdown(ctx)
-    if ctx.is_main:
-        print(f"encoder: {path}")
-    return 0
+        return resolve_pretrain_config(cfg, info)
+
+    return _resolve_or_run(args, cfg.device, resolve,
+                           lambda ctx: pretrain(cfg, args.out, progress=not args.quiet, ctx=ctx), "encoder")
 
 
 def _parse_key_values(items: Sequence[str]) -> dict[str, Any]:
@@ -233,27 +272,19 @@ def run_train(args) -> int:
     from .train.classifier import resolve_run_config, train_classifier
 
     cfg = train_config_from_args(args)
-    if args.dry_run:
-        print(json.dumps(resolve_run_config(cfg, ignore_class_names=args.ignore_class_names), indent=2,
-                         sort_keys=True))
-        return 0
-    from .distributed import init_distributed, shutdown
-
-    ctx = init_distributed(cfg.device)
-    try:
-        path = train_classifier(cfg, args.out, progress=not args.quiet, ignore_class_names=args.ignore_class_names)
-    except BaseException:
-        shutdown(ctx, failed=True)
-        raise
-    shutdown(ctx)
-    if ctx.is_main:
-        print(f"checkpoint: {path}")
-    return 0
+    return _resolve_or_run(args, cfg.device,
+                           lambda: resolve_run_config(cfg, ignore_class_names=args.ignore_class_names),
+                           lambda ctx: train_classifier(cfg, args.out, progress=not args.quiet,
+                                                        ignore_class_names=args.ignore_class_names),
+                           "checkpoint")
 
 
 # -- certify ---------------------------------------------------------------------------------------
 def add_certify_parser(sub) -> None:
+    from .certify import PRECISIONS
+    from .distributed import DEVICE_CHOICES
     from .smoothing.procedures import SEQUENCES, SequentialCertify
+    from .smoothing.runner import PROCEDURES
 
     p = sub.add_parser("certify", help="certify a data set with a smoothed classifier (Cohen et al.'s CERTIFY)",
                        description="Run CERTIFY on every --skip-th test example and write a tab-separated log "
@@ -275,18 +306,18 @@ def add_certify_parser(sub) -> None:
                    help="Cohen's --max: stop at this example index (-1: all)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; example idx uses its own stream from (seed, idx)")
     p.add_argument("--precision", default="auto",
-                   help="auto (default), fp32, bf16 or fp16 (autocast). auto picks what is faster here, once per run, "
-                        "and records the concrete value in <out>.json (a resume reuses it; --dry-run times nothing): "
-                        "bf16 on a CUDA GPU that supports it; fp32 on a CPU without native bf16 (no avx512_bf16 or "
-                        "amx_bf16 flag), where bf16 made LeNet-5 certification 5-7x slower (AVX2-only CPU, issue 12); "
-                        "otherwise a ~1.5 s probe times both on this model at this batch size, takes bf16 only if it "
-                        "is at least 1.25x faster, and caches the choice in $XDG_CACHE_HOME/rrcm (~/.cache/rrcm). "
-                        "Measured on an AMD EPYC (Zen 5, avx512_bf16, 2 vCPUs; batch 1000, torch 2.13): bf16 "
-                        "certifies ResNet-110 1.84x and ResNet-20 1.68x as fast as fp32 (auto: bf16), the digits "
-                        "rRCM ViT 1.27x and LeNet-5 0.69x (auto: fp32); the probes took 0.03-0.9 s. "
-                        "Details: benchmarks/README.md")
+                   help=f"{PRECISIONS[0]} (default), {_names(PRECISIONS[1:-1])} or {PRECISIONS[-1]} (autocast). "
+                        "auto picks what is faster here, once per run, and records the concrete value in <out>.json "
+                        "(a resume reuses it; --dry-run times nothing): bf16 on a CUDA GPU that supports it; fp32 on "
+                        "a CPU without native bf16 (no avx512_bf16 or amx_bf16 flag), where bf16 made LeNet-5 "
+                        "certification 5-7x slower (AVX2-only CPU, issue 12); otherwise a ~1.5 s probe times both on "
+                        "this model at this batch size, takes bf16 only if it is at least 1.25x faster, and caches "
+                        "the choice in $XDG_CACHE_HOME/rrcm (~/.cache/rrcm). Measured on an AMD EPYC (Zen 5, "
+                        "avx512_bf16, 2 vCPUs; batch 1000, torch 2.13): bf16 certifies ResNet-110 1.84x and "
+                        "ResNet-20 1.68x as fast as fp32 (auto: bf16), the digits rRCM ViT 1.27x and LeNet-5 0.69x "
+                        "(auto: fp32); the probes took 0.03-0.9 s. Details: benchmarks/README.md")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster CNNs on CPU)")
-    p.add_argument("--procedure", choices=("cohen", "sequential"), default="cohen",
+    p.add_argument("--procedure", choices=PROCEDURES, default="cohen",
                    help="cohen (default): Cohen et al.'s CERTIFY with a fixed n; sequential: draw the estimation samples "
                         "in steps and stop as soon as an anytime-valid confidence sequence settles the decision at "
                         "--target-radius or at every radius of --radii (the log gains n_used, n0A and pA_upper)")
@@ -307,7 +338,7 @@ def add_certify_parser(sub) -> None:
     p.add_argument("--sequence", choices=SEQUENCES, default=SequentialCertify.sequence,
                    help="sequential: the confidence sequence, a Beta-mixture centred on the selection samples' "
                         "estimate (default) or the Krichevsky-Trofimov mixture")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_CHOICES)
     p.add_argument("--ignore-class-names", action="store_true",
                    help="certify even if the data set's class names differ from those the checkpoint was trained on")
     p.add_argument("--out", required=True, help="log file to write (its settings go to <out>.json)")
@@ -335,80 +366,23 @@ def _optional_fraction(text: str):
 
 
 def run_certify(args) -> int:
-    from .checkpoint import load_checkpoint, read_checkpoint_config
-    from .compatibility import check_checkpoint_matches_data, check_class_names, recorded_class_names
-    from .data import load_dataset, probe_dataset
-    from .distributed import init_distributed, shutdown
-    from .smoothing.runner import CertifySettings, certify_dataset, select_indices
+    from dataclasses import fields
 
-    ckpt_config = read_checkpoint_config(args.checkpoint)
-    if ckpt_config.get("kind") == "rrcm_encoder":
-        raise UserError(f"{args.checkpoint} is a pre-trained rRCM encoder, not a classifier; fine-tune it first "
-                        "(`rrcm finetune --pretrained ...`) and certify the fine-tuned model")
-    if ckpt_config.get("kind") == "denoiser":
-        raise UserError(f"{args.checkpoint} is a denoiser, not a classifier; combine it with a classifier "
-                        "(`rrcm dds assemble ...`) and certify the assembled model")
-    sigma = args.sigma if args.sigma is not None else ckpt_config.get("sigma")
-    if sigma is None:
-        raise UserError("the checkpoint records no σ; give --sigma")
-    trained_sigma = ckpt_config.get("sigma")
-    if ckpt_config["model"].get("arch") in ("rrcm_vit", "dds") and trained_sigma and sigma != trained_sigma:
-        # still a sound certificate for that σ, but the model is told (or denoises) the wrong noise level
-        import warnings
+    from .certify import plan_certification
+    from .smoothing.runner import CertifySettings
 
-        remedy = "assemble a DDS model" if ckpt_config["model"].get("arch") == "dds" else "fine-tune a model"
-        warnings.warn(f"this model is conditioned on σ = {trained_sigma} but certification uses σ = {sigma}; "
-                      f"{remedy} for σ = {sigma} for meaningful results")
-    settings = CertifySettings(sigma=sigma, n0=args.n0, n=args.n, alpha=args.alpha, batch_size=args.batch_size,
-                               seed=args.seed, skip=args.skip, max_index=args.max_index, precision=args.precision,
-                               channels_last=args.channels_last, procedure=args.procedure,
-                               target_radius=args.target_radius, radii=args.radii, step=args.step, growth=args.growth,
-                               futility_alpha=args.futility_alpha, sequence=args.sequence)
-    settings.validate()
-    if settings.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"unknown precision {settings.precision!r}; choose auto, fp32, bf16 or fp16")
-    data_name = args.data or ckpt_config.get("data", {}).get("name")
-    if data_name is None:
-        raise UserError("the checkpoint records no data set; give --data")
-    # ImageFolder images are resized to the size the model was trained at; fixed-size sets are checked.
-    image_size = ckpt_config["model"].get("image_size") if data_name == "imagefolder" else None
-    # a dry run checks paths, headers and sizes and counts the examples, but decodes no image
-    if args.dry_run:
-        info, num_examples = probe_dataset(data_name, args.split, args.data_root, image_size=image_size)
-    else:
-        dataset = load_dataset(data_name, args.split, args.data_root, image_size=image_size)
-        info, num_examples = dataset.info, len(dataset)
-    check_checkpoint_matches_data(ckpt_config, info, args.checkpoint)
-    if not args.ignore_class_names:
-        check_class_names(recorded_class_names(ckpt_config), info.classes, args.checkpoint)
-    if args.dry_run:
-        from dataclasses import asdict
-
-        from .smoothing.precision import describe_dry_run
-
-        print(json.dumps({"settings": asdict(settings), "checkpoint": args.checkpoint, "data": info.to_dict(),
-                          "precision_auto": describe_dry_run(settings.precision, args.device),  # times nothing
-                          "split": args.split,
-                          "examples": len(select_indices(num_examples, settings.skip, settings.max_index))},
-                         indent=2, sort_keys=True))
-        return 0
-    ctx = init_distributed(args.device)
-    try:
-        model, _ = load_checkpoint(args.checkpoint, device=ctx.device)
-        log = certify_dataset(model, dataset, settings, args.out, ctx=ctx, checkpoint_path=args.checkpoint,
-                              data_source={"name": data_name, "split": args.split, "root": args.data_root},
-                              progress=not args.quiet)
-    except BaseException:
-        shutdown(ctx, failed=True)
-        raise
-    shutdown(ctx)
-    if ctx.is_main:
-        print(f"log: {log}")
-    return 0
+    settings = {f.name: getattr(args, f.name) for f in fields(CertifySettings) if f.name != "sigma"}
+    plan = plan_certification(args.checkpoint, sigma=args.sigma, data=args.data, split=args.split,
+                              data_root=args.data_root, ignore_class_names=args.ignore_class_names,
+                              load=not args.dry_run, **settings)
+    return _resolve_or_run(args, args.device, lambda: plan.describe(args.device),
+                           lambda ctx: plan.run(args.out, ctx=ctx, progress=not args.quiet), "log")
 
 
 # -- report ----------------------------------------------------------------------------------------
 def add_report_parser(sub) -> None:
+    from .report import TABLE_FORMATS
+
     p = sub.add_parser("report", help="tables and plots from certification logs",
                        description="Certified accuracy at chosen radii, ACR, clean accuracy, abstain rate and the "
                                    "best-over-σ envelope, from one or more logs.")
@@ -416,7 +390,7 @@ def add_report_parser(sub) -> None:
                    help="certification logs (Cohen's format; label with LABEL=PATH). LABEL=PATH1,PATH2,... makes "
                         "one row and curve: the envelope of those logs (e.g. one method's best over σ)")
     p.add_argument("--radii", default=None, help="comma-separated radii (default 0, 0.25, ... up to the largest radius)")
-    p.add_argument("--format", default="text", choices=["text", "markdown", "csv", "json"], help="table format")
+    p.add_argument("--format", default="text", choices=TABLE_FORMATS, help="table format")
     p.add_argument("--no-envelope", action="store_true", help="omit the best-over-σ envelope")
     p.add_argument("--every", type=int, default=1, metavar="K",
                    help="use only examples whose idx is a multiple of K: a log of the whole test set beside logs "
@@ -472,12 +446,14 @@ def run_report(args) -> int:
 
 # -- demo ------------------------------------------------------------------------------------------
 def add_demo_parser(sub) -> None:
+    from .distributed import DEVICE_CHOICES
+
     p = sub.add_parser("demo", help="the main job on the embedded digits data: train, certify, report",
                        description="On scikit-learn's digits (no download): train the Gaussian baseline at each σ, "
                                    "certify the test split, print the certified-accuracy table and write the plot.")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run for smoke tests (seconds, meaningless numbers)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_CHOICES)
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan as JSON and exit")
     p.set_defaults(run=run_demo)
 
@@ -532,10 +508,11 @@ def run_bench_cost(args) -> int:
 
 # -- diffusion denoised smoothing (Carlini et al. 2023) ---------------------------------------------
 DENOISER_FLAGS = {  # flag -> (DenoiserConfig field, type, help)
-    "--data": ("data", str, "data set: digits, mnist, cifar10, imagefolder"),
+    "--data": ("data", str, "data set: {datasets}"),
     "--data-root": ("data_root", str, "folder holding the data set's files (not needed for digits)"),
     "--image-size": ("image_size", int, "imagefolder: resize + centre-crop side (default 224)"),
-    "--size": ("size", str, "UNet size: small (~0.65M parameters, CPU) or cifar (DDPM's CIFAR-10 shape, narrower)"),
+    "--size": ("size", str, "UNet size: {unet_sizes} (small: ~0.65M parameters, CPU; cifar: DDPM's CIFAR-10 "
+                            "shape, narrower)"),
     "--epochs": ("epochs", int, "training epochs"),
     "--batch-size": ("batch_size", int, "global batch size"),
     "--lr": ("lr", float, "peak learning rate (AdamW; linear warm-up, then cosine decay)"),
@@ -545,10 +522,10 @@ DENOISER_FLAGS = {  # flag -> (DenoiserConfig field, type, help)
     "--num-train-timesteps": ("num_train_timesteps", int, "diffusion steps T (default 1000)"),
     "--beta-start": ("beta_start", float, "first β of the schedule (default 1e-4)"),
     "--beta-end": ("beta_end", float, "last β of the schedule (default 0.02)"),
-    "--beta-schedule": ("beta_schedule", str, "linear (default), scaled_linear, squaredcos_cap_v2 or sigmoid"),
+    "--beta-schedule": ("beta_schedule", str, "{beta_schedules} (default linear)"),
     "--seed": ("seed", int, "random seed"),
-    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
-    "--precision": ("precision", str, "fp32 or bf16 (autocast)"),
+    "--device": ("device", str, "{devices}"),
+    "--precision": ("precision", str, "{precisions} (autocast; fp16 with loss scaling)"),
     "--checkpoint-every": ("checkpoint_every", int, "epochs between resumable checkpoints"),
 }
 
@@ -579,21 +556,8 @@ def run_train_denoiser(args) -> int:
     if args.no_augment:
         values["augment"] = False
     cfg = DenoiserConfig.from_dict(values)
-    if args.dry_run:
-        print(json.dumps(resolve_denoiser_config(cfg), indent=2, sort_keys=True))
-        return 0
-    from .distributed import init_distributed, shutdown
-
-    ctx = init_distributed(cfg.device)
-    try:
-        path = train_denoiser(cfg, args.out, progress=not args.quiet, ctx=ctx)
-    except BaseException:
-        shutdown(ctx, failed=True)
-        raise
-    shutdown(ctx)
-    if ctx.is_main:
-        print(f"denoiser: {path}")
-    return 0
+    return _resolve_or_run(args, cfg.device, lambda: resolve_denoiser_config(cfg),
+                           lambda ctx: train_denoiser(cfg, args.out, progress=not args.quiet, ctx=ctx), "denoiser")
 
 
 def add_dds_parser(sub) -> None:
@@ -628,7 +592,7 @@ def run_dds_assemble(args) -> int:
     config = assemble_dds(args.classifier, args.sigma, args.out, denoiser=args.denoiser,
                           pretrained_denoiser=args.pretrained_denoiser, steps=args.steps, dry_run=args.dry_run)
     if args.dry_run:
-        print(json.dumps(config, indent=2, sort_keys=True))
+        _print_json(config)
         return 0
     dds = config["dds"]
     print(f"DDS base classifier for σ = {config['sigma']}: denoising at t = {dds['timestep']} "
@@ -655,14 +619,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _reexec_with_malloc_settings(argv: Sequence[str]) -> None:
+def reexec_with_malloc_tunables(command: Sequence[str]) -> None:
+    """Replace this process by `command` (its argv, the program first) started with MALLOC_TUNABLES; a
+    no-op off Linux, once GLIBC_TUNABLES is set (in the re-executed process: it runs on) or with
+    RRCM_NO_REEXEC set. If the exec fails, this process runs on without them: slower, same results."""
     if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ or os.environ.get("RRCM_NO_REEXEC"):
         return
     env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNABLES)
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "rrcm", *argv], env)
+        os.execve(command[0], list(command), env)
     except OSError:
-        pass  # run on without the setting: slower, same results
+        pass
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -683,9 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         # Only a real command-line start re-executes; a call from Python (tests) must not be replaced.
-        heavy = ("certify", "train", "finetune", "pretrain", "train-denoiser", "bench", "demo")
-        if from_command_line and args.command in heavy and not getattr(args, "dry_run", False):
-            _reexec_with_malloc_settings(argv)
+        if from_command_line and args.command in HEAVY_COMMANDS and not getattr(args, "dry_run", False):
+            reexec_with_malloc_tunables([sys.executable, "-m", "rrcm", *argv])
         return int(args.run(args) or 0)
     except UserError as e:
         print(f"rrcm: error: {e}", file=sys.stderr)

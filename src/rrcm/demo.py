@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .fileio import write_json_atomic, write_text_atomic
+
+PRETRAIN_FOLDER = "rrcm-pretrain"  # under the demo's output folder: the encoder every rRCM run fine-tunes
 
 
 @dataclass(frozen=True)
@@ -51,24 +53,36 @@ QUICK = DemoPlan(sigmas=(0.25, 0.5), epochs=2, pretrain_steps=6, pretrain_batch_
 
 
 def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", dry_run: bool = False) -> int:
-    from . import report
-    from .certlog import read_log
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-    from .distributed import init_distributed
-    from .smoothing.runner import CertifySettings, certify_dataset
-    from .train.config import TrainConfig
-    from .train.classifier import train_classifier
-    from .train.pretrain import PretrainConfig, pretrain
+    from .distributed import distributed
 
     plan = QUICK if quick else FULL
     out = Path(out)
+    pretrain_cfg, runs = _configs(plan, out, device)
+    resolved = {"command": "demo", "quick": quick, "plan": asdict(plan), "pretrain": pretrain_cfg.to_dict(),
+                "runs": [{"method": method, "label": label, "folder": str(folder), "train": cfg.to_dict(),
+                          "certify": asdict(s)} for method, label, folder, cfg, s in runs]}
+    if dry_run:
+        print(json.dumps(resolved, indent=2, sort_keys=True))
+        return 0
+    with distributed(device) as ctx:  # a device that does not exist fails here, before anything is written
+        write_json_atomic(out / "demo.json", resolved)
+        logs = _train_and_certify(plan, out, pretrain_cfg, runs, ctx=ctx, quick=quick)
+    _report(plan, out, logs, quick=quick)
+    return 0
+
+
+def _configs(plan: DemoPlan, out: Path, device: str):
+    """The pre-training config, and per σ and method (method, label, folder, training config, certify settings)."""
+    from .smoothing.runner import CertifySettings
+    from .train.config import TrainConfig
+    from .train.pretrain import PretrainConfig
+
     pretrain_cfg = PretrainConfig(data="digits", arch_options={"size": plan.rrcm_size}, steps=plan.pretrain_steps,
                                   batch_size=plan.pretrain_batch_size, lr=plan.pretrain_lr,
                                   warmup_steps=max(1, plan.pretrain_steps // 20), projector_hidden=256,
                                   crop_scale_min=0.3, blur=False, log_every=max(1, plan.pretrain_steps // 20),
                                   checkpoint_every=max(1, plan.pretrain_steps // 4), device=device)
-    encoder_path = out / "rrcm-pretrain" / "encoder.safetensors"
+    encoder_path = out / PRETRAIN_FOLDER / "encoder.safetensors"
     runs = []
     for sigma in plan.sigmas:
         settings = CertifySettings(sigma=sigma, n0=plan.n0, n=plan.n, alpha=plan.alpha,
@@ -82,30 +96,37 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", dry_
                            grad_clip=3.0, pretrained=str(encoder_path), device=device)
         runs.append(("gaussian", f"gaussian σ={sigma}", out / f"gaussian-sigma{sigma}", gaussian, settings))
         runs.append(("rrcm", f"rRCM σ={sigma}", out / f"rrcm-sigma{sigma}", rrcm, settings))
-    resolved = {"command": "demo", "quick": quick, "plan": asdict(plan), "pretrain": pretrain_cfg.to_dict(),
-                "runs": [{"method": method, "label": label, "folder": str(folder), "train": cfg.to_dict(),
-                          "certify": asdict(s)} for method, label, folder, cfg, s in runs]}
-    if dry_run:
-        print(json.dumps(resolved, indent=2, sort_keys=True))
-        return 0
-    ctx = init_distributed(device)  # a device that does not exist fails here, before anything is written
-    write_json_atomic(out / "demo.json", resolved)
+    return pretrain_cfg, runs
 
-    test_set = load_dataset("digits", "test")
+
+def _train_and_certify(plan: DemoPlan, out: Path, pretrain_cfg, runs, *, ctx, quick: bool) -> dict[str, list]:
+    """Pre-train, then train and certify each run; the certification logs by method."""
+    from .certify import plan_certification
+    from .certlog import read_log
+    from .train.classifier import train_classifier
+    from .train.pretrain import pretrain
+
+    encoder_folder = out / PRETRAIN_FOLDER
     print(f"== rRCM: pre-train the encoder ({plan.pretrain_steps} steps)")
-    pretrain(pretrain_cfg, encoder_path.parent, progress=False, ctx=ctx)
-    _print_last_row(encoder_path.parent / "metrics.csv", "step")
+    pretrain(pretrain_cfg, encoder_folder, progress=False, ctx=ctx)
+    _print_last_row(encoder_folder / "metrics.csv", "step")
     logs: dict[str, list] = {"gaussian": [], "rrcm": []}
     for method, label, folder, train_cfg, settings in runs:
         print(f"== {label}: train")
         checkpoint = train_classifier(train_cfg, folder, progress=False)
         _print_last_row(folder / "metrics.csv", "epoch")
-        print(f"== {label}: certify {len(range(0, len(test_set), settings.skip))} test images, n={settings.n}")
-        model, _ = load_checkpoint(checkpoint, device=ctx.device)
-        log_path = certify_dataset(model, test_set, settings, folder / "certify.tsv", ctx=ctx,
-                                   checkpoint_path=checkpoint, data_source={"name": "digits", "split": "test"},
-                                   progress=not quick)
+        certification = plan_certification(checkpoint, data="digits", split="test", **asdict(settings))
+        # the demo's logs have always recorded the data set without a root (digits needs none)
+        certification = replace(certification, data_source={"name": "digits", "split": "test"})
+        print(f"== {label}: certify {len(certification.indices)} test images, n={settings.n}")
+        log_path = certification.run(folder / "certify.tsv", ctx=ctx, progress=not quick)
         logs[method].append(read_log(log_path, label=label))
+    return logs
+
+
+def _report(plan: DemoPlan, out: Path, logs: dict[str, list], *, quick: bool) -> None:
+    """Both methods' certified-accuracy tables (text and markdown) and one plot."""
+    from . import report
 
     radii = report.default_radii(1.0 if quick else 1.5)
     titles = {"gaussian": f"Gaussian augmentation ({plan.arch})", "rrcm": f"rRCM (ViT, size {plan.rrcm_size})"}
@@ -119,7 +140,6 @@ def run_demo(out: str | Path, *, quick: bool = False, device: str = "auto", dry_
                                    title="digits: rRCM vs Gaussian augmentation")
     print(text)
     print(f"table: {out / 'report.txt'}\nplot: {plot}")
-    return 0
 
 
 def _print_last_row(metrics: Path, unit: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -80,3 +82,17 @@ def shutdown(ctx: DistContext, *, failed: bool = False) -> None:
         if not failed:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed(requested_device: str = "auto") -> Iterator[DistContext]:
+    """`with distributed(device) as ctx:` joins the process group (if torchrun started this process) and
+    leaves it on the way out: together after success, at once after an exception, which then propagates
+    unchanged, so a failing process's own message reaches the user (not a peer's abort)."""
+    ctx = init_distributed(requested_device)
+    try:
+        yield ctx
+    except BaseException:
+        shutdown(ctx, failed=True)
+        raise
+    shutdown(ctx)

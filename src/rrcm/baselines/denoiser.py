@@ -365,7 +365,7 @@ def resolve_denoiser_config(cfg: DenoiserConfig, info=None) -> dict[str, Any]:
             "python": platform.python_version(), "train": cfg.to_dict(), "model": model, "data": info.to_dict()}
 
 
-class DenoiserTask:
+class DenoiserTask(engine.Task):
     """One DDPM denoiser training run for the training engine (`rrcm.train.engine`)."""
 
     what = "denoiser training"
@@ -410,12 +410,6 @@ class DenoiserTask:
         predicted = forward(noisy, timesteps).sample
         loss = torch.nn.functional.mse_loss(predicted.float(), noise)
         return StepOutput(loss, {"loss": loss.detach() * x0.shape[0]}, x0.shape[0])
-
-    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
-        pass
-
-    def row_values(self, step: int) -> dict[str, Any]:
-        return {}
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
         run_config = self.run_config

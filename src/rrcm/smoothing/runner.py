@@ -39,6 +39,7 @@ from .procedures import CohenCertify, SequentialCertify
 from .smooth import Smooth
 
 PART_SUFFIX = ".part-rank"
+PROCEDURES = ("cohen", "sequential")  # CertifySettings.procedure: CohenCertify or SequentialCertify
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class CertifySettings:
             return SequentialCertify(self.n0, self.n, self.alpha, target_radius=self.target_radius, radii=radii,
                                      step=self.step, growth=self.growth, futility_alpha=self.futility_alpha,
                                      sequence=self.sequence)
-        raise UserError(f"unknown certification procedure {self.procedure!r}; choose cohen or sequential")
+        raise UserError(f"unknown certification procedure {self.procedure!r}; choose {' or '.join(PROCEDURES)}")
 
     def log_columns(self) -> tuple[str, ...]:
         return SEQUENTIAL_COLUMNS if self.procedure == "sequential" else LOG_COLUMNS
@@ -200,18 +201,48 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
     procedure = settings.certification_procedure()
     log_path = Path(log_path)
     run_config_path = log_path.with_name(log_path.name + ".json")
-    num_classes = dataset.info.num_classes
     indices = select_indices(len(dataset), settings.skip, settings.max_index)
     # `auto` becomes a concrete precision once and is recorded below; a resume reuses the recorded one.
     precision = resolve_run_precision(settings.precision, model, dataset, indices, batch_size=settings.batch_size,
                                       channels_last=settings.channels_last, run_config_path=run_config_path, ctx=ctx)
     requested_precision, settings = settings.precision, replace(settings, precision=precision.precision)
-    run_config = {
+    run_config = _run_config(settings, procedure, {"requested": requested_precision, **precision.to_dict()},
+                             dataset, indices, ctx=ctx, log_path=log_path, checkpoint_path=checkpoint_path,
+                             data_source=data_source)
+    if complete_log_exists(log_path, run_config_path, run_config, indices):
+        if ctx.is_main:
+            print(f"{log_path} is already complete ({len(indices)} examples); nothing to do")
+        return log_path
+
+    smoothed = _smoothed_classifier(model, dataset, indices, settings, ctx)
+    done = _start_or_resume(log_path, run_config_path, run_config, ctx)
+    remaining = [i for i in indices if i not in done]
+    bar = tqdm(total=len(remaining), initial=0, desc=f"certify σ={settings.sigma}", unit="img",
+               disable=not (progress and ctx.is_main), dynamic_ncols=True)
+    if ctx.is_main and done:
+        bar.write(f"resuming: {len(done)} of {len(indices)} examples already certified")
+    _certify_share(smoothed, procedure, dataset, remaining, settings, log_path, ctx=ctx, bar=bar)
+    bar.close()
+    barrier(ctx)
+    if ctx.is_main:
+        _merge_parts(log_path, indices, settings.log_columns())
+        run_config["complete"] = True
+        run_config["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        write_json_atomic(run_config_path, run_config)
+    barrier(ctx)
+    return log_path
+
+
+def _run_config(settings: CertifySettings, procedure, precision_choice: dict[str, Any], dataset,
+                indices: Sequence[int], *, ctx: DistContext, log_path: Path,
+                checkpoint_path: str | os.PathLike | None, data_source: dict[str, Any] | None) -> dict[str, Any]:
+    """What `<log>.json` records: the settings as they read back, and where the numbers came from."""
+    return {
         "command": "certify",
         "rrcm_version": __version__,
         "torch_version": torch.__version__,
         "settings": json.loads(json.dumps(asdict(settings))),  # as it reads back (radii: a list)
-        "precision_choice": {"requested": requested_precision, **precision.to_dict()},
+        "precision_choice": precision_choice,
         "checkpoint": str(checkpoint_path) if checkpoint_path else None,
         "checkpoint_sha256": file_sha256(checkpoint_path) if checkpoint_path else None,
         "data": {**dataset.info.to_dict(), **(data_source or {})},
@@ -225,19 +256,17 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
         "complete": False,
     }
 
-    if complete_log_exists(log_path, run_config_path, run_config, indices):
-        if ctx.is_main:
-            print(f"{log_path} is already complete ({len(indices)} examples); nothing to do")
-        return log_path
 
+def _smoothed_classifier(model: torch.nn.Module, dataset, indices: Sequence[int], settings: CertifySettings,
+                         ctx: DistContext) -> Smooth:
+    """The smoothed classifier on `ctx.device`, tried on one small batch before anything is written: a
+    model with the wrong output shape or NaN outputs fails here, leaving no files behind."""
     model = model.to(ctx.device).eval()
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    smoothed = Smooth(model, num_classes, settings.sigma, seed=settings.seed, precision=settings.precision,
-                      channels_last=settings.channels_last)
+    smoothed = Smooth(model, dataset.info.num_classes, settings.sigma, seed=settings.seed,
+                      precision=settings.precision, channels_last=settings.channels_last)
     if indices:
-        # One small batch before anything is written: a model with the wrong output shape or NaN
-        # outputs fails here, leaving no files behind.
         x0, _ = dataset[indices[0]]
         try:
             smoothed.sample_counts(x0.to(ctx.device), min(settings.n0, settings.batch_size), settings.batch_size,
@@ -246,7 +275,12 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"the model fails on this data ({first_line[:200]}); certify it on the data it was "
                             "trained for") from None
+    return smoothed
 
+
+def _start_or_resume(log_path: Path, run_config_path: Path, run_config: dict[str, Any], ctx: DistContext) -> set[int]:
+    """Rank 0 checks an earlier run's settings, mends its part files and records this run's settings; then
+    every process reads the indices already certified. Returns them."""
     if ctx.is_main:
         _check_resumable(run_config_path, run_config)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,28 +290,19 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
     barrier(ctx)
     done = _done_indices(log_path)
     barrier(ctx)  # nobody writes before everybody has read
-    remaining = [i for i in indices if i not in done]
-    mine = remaining[ctx.rank :: ctx.world_size]
+    return done
 
+
+def _certify_share(smoothed: Smooth, procedure, dataset, remaining: Sequence[int], settings: CertifySettings,
+                   log_path: Path, *, ctx: DistContext, bar: tqdm) -> None:
+    """Certify this process's share of `remaining`, one row appended to its part file per certificate."""
+    mine = remaining[ctx.rank :: ctx.world_size]
     part_path = Path(f"{log_path}{PART_SUFFIX}{ctx.rank}")
     new_file = not part_path.exists() or part_path.stat().st_size == 0
     columns = settings.log_columns()
-    bar = tqdm(total=len(remaining), initial=0, desc=f"certify σ={settings.sigma}", unit="img",
-               disable=not (progress and ctx.is_main), dynamic_ncols=True)
-    if ctx.is_main and done:
-        bar.write(f"resuming: {len(done)} of {len(indices)} examples already certified")
     started = time.perf_counter()
     samples_drawn = 0
     labels: dict[int, int] = {}
-
-    def append(out, text: str) -> None:
-        """Write, flush and sync one line, so an interruption loses at most the examples in flight."""
-        try:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        except OSError as e:  # a full disk, a removed folder...: say which file
-            raise output_error("write", part_path, e) from None
 
     def examples():
         for i in mine:
@@ -291,16 +316,9 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
         raise output_error("write", part_path, e) from None
     with out:
         if new_file:
-            append(out, header_line(columns))
+            _append(out, header_line(columns), part_path)
         for count, (i, cert, seconds) in enumerate(_certificates(smoothed, procedure, examples(), settings), start=1):
-            label = labels.pop(i)
-            row = {"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius,
-                   "correct": int(cert.prediction == label), "time": seconds, "cA": cert.selected,
-                   "nA": cert.count_selected, "n0": settings.n0, "n": settings.n, "sigma": settings.sigma,
-                   "alpha": settings.alpha, "seed": settings.seed, "pA_lower": cert.p_lower}
-            if settings.procedure == "sequential":
-                row.update(n_used=cert.samples_used, n0A=cert.count_selection, pA_upper=cert.p_upper)
-            append(out, format_row(row, columns))
+            _append(out, format_row(_log_row(i, labels.pop(i), cert, seconds, settings), columns), part_path)
             samples_drawn += settings.n0 + cert.samples_used
             # Every process advances the shared bar by its world size: an estimate, shown by rank 0.
             bar.update(min(ctx.world_size, len(remaining) - bar.n))
@@ -308,15 +326,26 @@ def certify_dataset(model: torch.nn.Module, dataset, settings: CertifySettings, 
             bar.set_postfix_str(f"{60 * count / elapsed:,.1f} certificates/min, {samples_drawn / count:,.0f} "
                                 f"samples each, {samples_drawn / elapsed:,.0f} samples/s"
                                 + (" (this process)" if ctx.enabled else ""))
-    bar.close()
-    barrier(ctx)
-    if ctx.is_main:
-        _merge_parts(log_path, indices, columns)
-        run_config["complete"] = True
-        run_config["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        write_json_atomic(run_config_path, run_config)
-    barrier(ctx)
-    return log_path
+
+
+def _append(out, text: str, path: Path) -> None:
+    """Write, flush and sync one line, so an interruption loses at most the examples in flight."""
+    try:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as e:  # a full disk, a removed folder...: say which file
+        raise output_error("write", path, e) from None
+
+
+def _log_row(i: int, label: int, cert, seconds: float, settings: CertifySettings) -> dict[str, Any]:
+    row = {"idx": i, "label": label, "predict": cert.prediction, "radius": cert.radius,
+           "correct": int(cert.prediction == label), "time": seconds, "cA": cert.selected,
+           "nA": cert.count_selected, "n0": settings.n0, "n": settings.n, "sigma": settings.sigma,
+           "alpha": settings.alpha, "seed": settings.seed, "pA_lower": cert.p_lower}
+    if settings.procedure == "sequential":
+        row.update(n_used=cert.samples_used, n0A=cert.count_selection, pA_upper=cert.p_upper)
+    return row
 
 
 def _certificates(smoothed: Smooth, procedure, examples, settings: CertifySettings):

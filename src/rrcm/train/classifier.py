@@ -88,7 +88,7 @@ def resolve_run_config(cfg: TrainConfig, info=None, *, ignore_class_names: bool 
             **extra}
 
 
-class ClassifierTask:
+class ClassifierTask(engine.Task):
     """One classifier training run for the engine."""
 
     what = "training"
@@ -138,12 +138,6 @@ class ClassifierTask:
         out = self.objective(forward, x, targets, ctx.generator(NOISE_STREAM, device=ctx.device))
         correct = (out.logits.argmax(1) == y).sum()
         return StepOutput(out.loss, {"loss": out.loss.detach() * len(y), "noisy_train_accuracy": correct}, len(y))
-
-    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
-        pass
-
-    def row_values(self, step: int) -> dict[str, Any]:
-        return {}
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
         cfg, run_config = self.cfg, self.run_config

@@ -166,6 +166,3 @@ class EMATarget(torch.nn.Module):
             target.lerp_(source.detach(), 1.0 - momentum)
         for target, source in zip(self.network.buffers(), online.buffers()):
             target.copy_(source)
-
-    def forward(self, *args, **kwargs):
-        return self.network(*args, **kwargs)

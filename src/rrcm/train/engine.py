@@ -93,6 +93,8 @@ class StepOutput:
 
 
 class TrainingTask(Protocol):
+    """What the engine needs of a task (`Task` gives the optional hooks their defaults)."""
+
     what: str  # "training", "pre-training", ...: names the run in messages
     settings_key: str  # the key of config.json (and of the final checkpoint's config) holding the settings
     final_file: str
@@ -109,6 +111,16 @@ class TrainingTask(Protocol):
     def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None: ...
     def row_values(self, step: int) -> dict[str, Any]: ...
     def export(self, model: torch.nn.Module, path: Path) -> None: ...
+
+
+class Task:
+    """Defaults of the optional hooks: nothing after the optimizer step, no values of the task's own per row."""
+
+    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
+        pass
+
+    def row_values(self, step: int) -> dict[str, Any]:
+        return {}
 
 
 def steps_per_epoch(num_examples: int, batch_size: int, drop_last: bool) -> int:

@@ -173,7 +173,7 @@ def make_batch(dataset, indices: torch.Tensor, cfg: PretrainConfig, ctx: StepCon
     return {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
 
 
-class PretrainTask:
+class PretrainTask(engine.Task):
     """One rRCM pre-training run for the engine."""
 
     what = "pre-training"
