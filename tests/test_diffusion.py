@@ -79,26 +79,30 @@ def test_karras_rejects_too_few_points(bad):
 def test_curriculum_300_steps():
     for step in range(300):
         expected = 21 if step < 100 else 41 if step < 200 else 81
-        assert D.curriculum_num_points(step, 300) == expected, step
+        assert D.curriculum_num_points(step, 300, schedule="equal-stages") == expected, step
 
 
 def test_curriculum_ceil_stage_length():
-    got = [D.curriculum_num_points(step, 10) for step in range(10)]
+    got = [D.curriculum_num_points(step, 10, schedule="equal-stages") for step in range(10)]
     assert got == [21] * 4 + [41] * 4 + [81] * 2  # stage length ceil(10 / 3) = 4
 
 
 def test_curriculum_past_end_and_tiny_runs():
-    assert D.curriculum_num_points(300, 300) == 81
-    assert D.curriculum_num_points(10**6, 300) == 81
+    ours = dict(schedule="equal-stages")
+    assert D.curriculum_num_points(300, 300, **ours) == 81
+    assert D.curriculum_num_points(10**6, 300, **ours) == 81
     # steps at or past total_steps are always on the final grid, even when ceil leaves it no stage
-    assert D.curriculum_num_points(0, 1) == 21
-    assert D.curriculum_num_points(1, 1) == 81
-    assert [D.curriculum_num_points(s, 4) for s in range(5)] == [21, 21, 41, 41, 81]
+    assert D.curriculum_num_points(0, 1, **ours) == 21
+    assert D.curriculum_num_points(1, 1, **ours) == 81
+    assert [D.curriculum_num_points(s, 4, **ours) for s in range(5)] == [21, 21, 41, 41, 81]
 
 
 def test_curriculum_other_ratios():
-    assert [D.curriculum_num_points(s, 2, start=11, end=11) for s in range(3)] == [11, 11, 11]
-    assert [D.curriculum_num_points(s, 4, start=3, end=17) for s in range(4)] == [3, 5, 9, 17]
+    for schedule in D.CURRICULA:
+        assert [D.curriculum_num_points(s, 2, start=11, end=11, schedule=schedule) for s in range(3)] == [11, 11, 11]
+    assert [D.curriculum_num_points(s, 4, start=3, end=17, schedule="equal-stages") for s in range(4)] == [3, 5, 9, 17]
+    # the authors': K' = ceil(4 / log2(9)) = 2, then 2 * 2^ceil(k / 2) + 1 intervals, capped at 16
+    assert [D.curriculum_num_points(s, 4, start=3, end=17) for s in range(6)] == [3, 5, 5, 9, 9, 17]
 
 
 @pytest.mark.parametrize(

@@ -144,3 +144,17 @@ def test_parameter_groups_decay_matrices_only_and_scale_layers():
                          (id(head.weight),): (0.05, 1.0), (id(head.bias),): (0.0, 1.0)}
     plain = parameter_groups(model, 0.05)
     assert [(g["weight_decay"], g["lr_scale"], len(g["params"])) for g in plain] == [(0.05, 1.0, 3), (0.0, 1.0, 3)]
+
+
+def test_gradients_are_clipped_only_from_clip_from_step_on(tmp_path, monkeypatch):
+    clipped_at = []
+    task = ToyTask(total_steps=6, grad_clip=1.0, clip_from_step=3)
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        clipped_at.append(len(task.seen_indices) - 1)  # the step whose gradient this is
+        return original(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    engine.train(task, tmp_path, CPU, progress=False)
+    assert clipped_at == [3, 4, 5]

@@ -117,9 +117,17 @@ PRETRAIN_FLAGS = {  # flag -> (PretrainConfig field, type, help)
     "--warmup-steps": ("warmup_steps", int, "linear warm-up steps"),
     "--grad-clip": ("grad_clip", float, "gradient-norm clipping"),
     "--temperature": ("temperature", float, "InfoNCE temperature τ"),
-    "--ema-schedule": ("ema_schedule", str, "fixed or sigmoid (ramp from --ema-base to --ema-final)"),
-    "--ema-base": ("ema_base", float, "EMA rate of the target network (default 0.99)"),
-    "--ema-final": ("ema_final", float, "final EMA rate of the sigmoid ramp (default 0.9999)"),
+    "--ema-schedule": ("ema_schedule", str, "{ema_schedules}: the target's EMA rate from --ema-base to --ema-final "
+                                             "(rrcm: the authors', the default; sigmoid: rrcm's earlier ramp)"),
+    "--ema-base": ("ema_base", float, "EMA rate of the target network at the start (default 0.99)"),
+    "--ema-final": ("ema_final", float, "EMA rate at the end of the schedule (default 0.9999)"),
+    "--ema-sharpness": ("ema_sharpness", float, "A of the rrcm EMA schedule (15 for CIFAR-10, 10 for ImageNet)"),
+    "--curriculum": ("curriculum", str, "{curricula}: when the grid grows 21 -> 41 -> 81 points (rrcm: the "
+                                        "authors', the default; equal-stages: a third on each)"),
+    "--view-noise": ("view_noise", str, "{view_noise}: the instance term's views take the trajectory term's "
+                                        "noise (shared, the authors') or their own"),
+    "--trajectory-augment": ("trajectory_augment", str, "{trajectory_augments}: the trajectory image's "
+                                                        "augmentation (flip: the authors'; standard: crop + flip)"),
     "--trajectory-weight": ("trajectory_weight", float, "weight of the trajectory term (0: ablate it)"),
     "--instance-weight": ("instance_weight", float, "weight of the instance-discrimination term (0: ablate it)"),
     "--crop-scale-min": ("crop_scale_min", float, "smallest random-resized-crop area for the views"),
@@ -139,10 +147,14 @@ def _registry_names() -> dict[str, str]:
     from .models import arch_names
     from .train.engine import OPTIMIZERS, PRECISIONS
     from .train.objectives import METHODS
+    from .diffusion import CURRICULA
+    from .train.pretrain import EMA_SCHEDULES, TRAJECTORY_AUGMENTS, VIEW_NOISE
 
     return {"datasets": _names(DATASETS), "archs": _names(arch_names(composite=False)), "methods": _names(METHODS),
             "optimizers": _names(OPTIMIZERS), "precisions": _names(PRECISIONS), "devices": DEVICE_CHOICES,
-            "unet_sizes": _names(UNET_SIZES), "beta_schedules": _names(BETA_SCHEDULES)}
+            "unet_sizes": _names(UNET_SIZES), "beta_schedules": _names(BETA_SCHEDULES),
+            "ema_schedules": _names(EMA_SCHEDULES), "curricula": _names(CURRICULA), "view_noise": _names(VIEW_NOISE),
+            "trajectory_augments": _names(TRAJECTORY_AUGMENTS)}
 
 
 def _add_flags(p, flags: dict) -> None:
@@ -182,7 +194,10 @@ def add_pretrain_parser(sub) -> None:
                        description="Pre-train a time-conditioned ViT with the trajectory and instance-discrimination "
                                    "InfoNCE terms (global-batch negatives, EMA target). Re-running resumes.")
     _add_flags(p, PRETRAIN_FLAGS)
-    p.add_argument("--symmetric", action="store_true", help="symmetric instance-discrimination loss")
+    p.add_argument("--one-sided-instance", action="store_true",
+                   help="rrcm's earlier instance term: one direction only (the authors' is symmetric, the default)")
+    p.add_argument("--clip-during-warmup", action="store_true",
+                   help="rrcm's earlier clipping: from the first step (the authors' clip after warm-up only)")
     p.add_argument("--no-blur", action="store_true", help="no Gaussian blur in the views (tiny images)")
     p.add_argument("--out", required=True, help="output folder (encoder.safetensors, config.json, metrics.csv)")
     p.set_defaults(run=run_pretrain)
@@ -228,8 +243,10 @@ def run_pretrain(args) -> int:
     from .train.pretrain import PretrainConfig, pretrain, resolve_pretrain_config
 
     values = _collect(args, PRETRAIN_FLAGS, {})
-    if args.symmetric:
-        values["symmetric"] = True
+    if args.one_sided_instance:
+        values["symmetric"] = False
+    if args.clip_during_warmup:
+        values["clip_during_warmup"] = True
     if args.no_blur:
         values["blur"] = False
     cfg = PretrainConfig.from_dict(values)

@@ -100,19 +100,27 @@ def karras_sigmas(
     return sigmas
 
 
+CURRICULA = ("rrcm", "equal-stages")
+
+
 def curriculum_num_points(
     step: int,
     total_steps: int,
     start: int = CURRICULUM_START,
     end: int = CURRICULUM_END,
+    schedule: str = "rrcm",
 ) -> int:
     """Number of grid points at optimisation ``step`` of ``total_steps`` (iCT-style doubling).
 
-    The number of grid INTERVALS doubles at each stage, (start-1) * 2^k + 1 for k = 0..K with
-    K = log2((end-1)/(start-1)), so each new grid contains the previous one. The run is cut into K+1
-    equal stages of ceil(total_steps / (K+1)) steps; steps at or past ``total_steps`` are on the final
-    grid. (For very short runs the ceiling can leave the last stage empty, e.g. total_steps = 4 gives
-    21, 21, 41, 41.)
+    The number of grid INTERVALS doubles at each stage, s0 * 2^k with s0 = start - 1, up to s1 = end - 1
+    (s1/s0 must be a power of two, so each new grid contains the previous one).
+
+    rrcm          the rRCM authors' schedule: K' = ceil(K / log2(ceil(s1/s0) + 1)) and
+                  N(k) = min(s0 * 2^ceil(k/K'), s1) + 1. With 21 -> 81 points: 21 at k = 0 only, 41 while
+                  k <= K' (43% of training), 81 after (57%).
+    equal-stages  rrcm's earlier schedule: K+1 equal stages of ceil(total_steps / (K+1)) steps, with
+                  K = log2(s1/s0); steps at or past ``total_steps`` on the final grid (for very short runs
+                  the ceiling can leave the last stage empty, e.g. total_steps = 4 gives 21, 21, 41, 41).
     """
     step = _as_int(step, "step")
     total = _as_int(total_steps, "total_steps")
@@ -129,6 +137,12 @@ def curriculum_num_points(
         raise ValueError(
             f"(end-1)/(start-1) must be a power of two so grids nest, got ({end}-1)/({start}-1)"
         )
+    if schedule == "rrcm":
+        stage_len = math.ceil(total / math.log2(ratio + 1))  # K'
+        doublings = -(-step // stage_len)  # ceil(k / K')
+        return min((start - 1) * 2 ** min(doublings, 62), end - 1) + 1
+    if schedule != "equal-stages":
+        raise ValueError(f"unknown curriculum {schedule!r}; choose one of {', '.join(CURRICULA)}")
     k_max = ratio.bit_length() - 1
     stage_len = -(-total // (k_max + 1))  # ceil
     k = k_max if step >= total else min(step // stage_len, k_max)

@@ -66,6 +66,7 @@ class EngineSettings:
     optimizer: str = "adamw"
     momentum: float = 0.0  # sgd only (Nesterov when > 0)
     grad_clip: float | None = None
+    clip_from_step: int = 0  # no clipping before this step (the rRCM authors clip only after warm-up)
     precision: str = "fp32"
     gradient_sync: str = "ddp"  # "ddp" | "all_reduce"
 
@@ -249,7 +250,7 @@ class _Run:
         if self.ctx.enabled and s.gradient_sync == "all_reduce":
             _average_gradients(self.model)
         self.scaler.unscale_(self.optimizer)
-        if s.grad_clip:
+        if s.grad_clip and step >= s.clip_from_step:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()

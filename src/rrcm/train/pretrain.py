@@ -27,7 +27,7 @@ import torch
 from .. import __version__, diffusion
 from ..checkpoint import save_checkpoint
 from ..data import load_dataset
-from ..data.augment import train_augment
+from ..data.augment import identity, random_hflip, train_augment
 from ..data.contrastive import two_views
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
@@ -35,13 +35,15 @@ from ..models import count_parameters, model_config
 from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config
 from . import engine
 from .config import config_from_dict
-from .contrastive import EMATarget, convert_to_global_batchnorm, ema_momentum, info_nce
+from .contrastive import EMA_SCHEDULES, EMATarget, convert_to_global_batchnorm, ema_momentum, info_nce
 from .engine import StepContext, StepOutput
 
 ENCODER_FILE = "encoder.safetensors"
 STATE_FILE = engine.STATE_FILE
 METRIC_COLUMNS = ("step", "num_points", "lr", "ema", "loss", "trajectory", "instance", "seconds")
 BATCH_STREAM, GRID_STREAM = 10, 11  # generator streams of a step (engine.StepContext.generator)
+VIEW_NOISE = ("shared", "independent")
+TRAJECTORY_AUGMENTS = ("flip", "standard")
 
 
 @dataclass
@@ -56,17 +58,22 @@ class PretrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 3.0
+    clip_during_warmup: bool = False  # the authors clip only after warm-up; True is rrcm's earlier recipe
     temperature: float = 0.2
     projector_hidden: int = 1024
     projector_dim: int = 256
-    ema_schedule: str = "fixed"  # fixed | sigmoid
+    ema_schedule: str = "rrcm"  # rrcm (the authors') | sigmoid (rrcm's earlier) | fixed: see ema_momentum
     ema_base: float = 0.99
     ema_final: float = 0.9999
-    symmetric: bool = False
+    ema_sharpness: float = 15.0  # A of the authors' schedule: 15 for CIFAR-10, 10 for ImageNet
+    symmetric: bool = True  # both directions of the instance term (the authors'); False: one (rrcm's earlier)
+    view_noise: str = "shared"  # shared: both views take the trajectory term's ε (the authors'); independent
+    trajectory_augment: str = "flip"  # flip (the authors': colour data only) | standard (rrcm's earlier: + crop)
     trajectory_weight: float = 1.0  # 0 disables the term (ablation)
     instance_weight: float = 1.0  # 0 disables the term (ablation)
     crop_scale_min: float = 0.08
     blur: bool = True
+    curriculum: str = "rrcm"  # rrcm (the authors': 43% of steps on 41 points, 57% on 81) | equal-stages
     curriculum_start: int = diffusion.CURRICULUM_START
     curriculum_end: int = diffusion.CURRICULUM_END
     seed: int = 0
@@ -93,10 +100,16 @@ class PretrainConfig:
             raise UserError(f"the global batch ({self.batch_size}) must divide evenly over {world_size} processes")
         if self.lr <= 0 or self.temperature <= 0:
             raise UserError("learning rate and temperature must be positive")
-        if self.ema_schedule not in ("fixed", "sigmoid"):
-            raise UserError(f"unknown EMA schedule {self.ema_schedule!r}; choose fixed or sigmoid")
+        choices = {"ema_schedule": ("EMA schedule", EMA_SCHEDULES), "curriculum": ("curriculum", diffusion.CURRICULA),
+                   "view_noise": ("view noise", VIEW_NOISE),
+                   "trajectory_augment": ("trajectory augmentation", TRAJECTORY_AUGMENTS)}
+        for name, (what, allowed) in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"unknown {what} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if not (0 <= self.ema_base < 1 and 0 <= self.ema_final < 1):
             raise UserError("EMA rates must lie in [0, 1)")
+        if self.ema_schedule == "rrcm" and not (self.ema_final > self.ema_base and self.ema_sharpness > 0):
+            raise UserError("the rrcm EMA schedule needs --ema-final above --ema-base and --ema-sharpness > 0")
         if self.trajectory_weight < 0 or self.instance_weight < 0 or self.trajectory_weight + self.instance_weight == 0:
             raise UserError("term weights must be non-negative and not both zero")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -163,13 +176,17 @@ def make_batch(dataset, indices: torch.Tensor, cfg: PretrainConfig, ctx: StepCon
     """The local inputs of one step: clean images in [−1, 1], their noise, and two augmented views."""
     generator = ctx.generator(BATCH_STREAM)
     x01, _ = dataset.batch(indices)
-    augment = train_augment(cfg.data)
     grey = x01.shape[1] == 1
+    if cfg.trajectory_augment == "flip":  # flips change what a digit is: none for grey images
+        augment = identity if grey else random_hflip
+    else:
+        augment = train_augment(cfg.data)
     x = diffusion.pixels_to_diffusion(augment(x01, generator))
     view1, view2 = two_views(x01, generator, grey=grey, scale_min=cfg.crop_scale_min, blur=cfg.blur)
     batch = {"x": x, "view1": diffusion.pixels_to_diffusion(view1), "view2": diffusion.pixels_to_diffusion(view2)}
-    for name in ("eps", "eps1", "eps2"):
-        batch[name] = torch.randn(x.shape, generator=generator)
+    batch["eps"] = torch.randn(x.shape, generator=generator)
+    for name in ("eps1", "eps2"):
+        batch[name] = batch["eps"] if cfg.view_noise == "shared" else torch.randn(x.shape, generator=generator)
     return {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
 
 
@@ -187,7 +204,8 @@ class PretrainTask(engine.Task):
         self.settings = engine.EngineSettings(
             seed=cfg.seed, total_steps=cfg.steps, batch_size=cfg.batch_size, drop_last=True, lr=cfg.lr,
             warmup_steps=cfg.warmup_steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
-            optimizer="adamw", grad_clip=cfg.grad_clip, precision=cfg.precision, gradient_sync="all_reduce")
+            optimizer="adamw", grad_clip=cfg.grad_clip, clip_from_step=0 if cfg.clip_during_warmup else cfg.warmup_steps,
+            precision=cfg.precision, gradient_sync="all_reduce")
 
     def build(self, ctx: DistContext) -> torch.nn.Module:
         cfg = self.cfg
@@ -207,7 +225,7 @@ class PretrainTask(engine.Task):
 
     def num_points(self, step: int) -> int:
         cfg = self.cfg
-        return diffusion.curriculum_num_points(step, cfg.steps, cfg.curriculum_start, cfg.curriculum_end)
+        return diffusion.curriculum_num_points(step, cfg.steps, cfg.curriculum_start, cfg.curriculum_end, cfg.curriculum)
 
     def step(self, model, forward, indices: torch.Tensor, ctx: StepContext) -> StepOutput:
         cfg = self.cfg
@@ -227,7 +245,7 @@ class PretrainTask(engine.Task):
 
     def momentum(self, step: int) -> float:
         cfg = self.cfg
-        return ema_momentum(step, cfg.steps, cfg.ema_schedule, cfg.ema_base, cfg.ema_final)
+        return ema_momentum(step, cfg.steps, cfg.ema_schedule, cfg.ema_base, cfg.ema_final, cfg.ema_sharpness)
 
     def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
         model.update_target(self.momentum(step))
