@@ -696,3 +696,15 @@ def test_train_augment_by_dataset():
     assert train_augment("mnist")(x, seeded(0)) is x
     with pytest.raises(UserError, match="no training augmentation for dataset 'svhn': choose one of digits"):
         train_augment("svhn")
+
+
+def test_every_registered_data_set_has_its_reader_functions_and_augmentation():
+    import importlib
+
+    from rrcm.data import READERS
+    from rrcm.data.augment import AUGMENTATIONS, train_augment
+
+    for name, reader in READERS.items():
+        module = importlib.import_module(f"rrcm.data.{reader.module}")
+        assert callable(getattr(module, reader.load)) and callable(getattr(module, reader.probe)), name
+        assert train_augment(name) is AUGMENTATIONS[reader.augment]

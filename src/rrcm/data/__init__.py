@@ -15,15 +15,37 @@ inside itself, after the smoothing noise is added on [0, 1] pixels, with `info.m
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rrcm.data.base import SPLITS, DataInfo, ImageDataset, InMemoryImageDataset, check_split
 from rrcm.errors import UserError
 
-DATASETS = ("digits", "mnist", "cifar10", "imagefolder")
+@dataclass(frozen=True)
+class DatasetReader:
+    """Where a data set is read: `module` (of rrcm.data, imported on first use: each format pulls in its own
+    decoders) and its two functions, each called as f(split, root, image_size=...)."""
 
-__all__ = ["DATASETS", "SPLITS", "DataInfo", "ImageDataset", "InMemoryImageDataset", "load_dataset", "probe_dataset"]
+    module: str
+    load: str  # -> ImageDataset
+    probe: str  # -> (DataInfo, number of examples), reading no image
+    augment: str  # the standard training augmentation: a name in rrcm.data.augment.AUGMENTATIONS
+
+
+# A new data set is one line here and its reader module.
+READERS: dict[str, DatasetReader] = {
+    "digits": DatasetReader("digits", "load_digits_split", "probe_digits_split", augment="identity"),
+    "mnist": DatasetReader("mnist", "load_mnist_split", "probe_mnist_split", augment="identity"),
+    "cifar10": DatasetReader("cifar10", "load_cifar10_split", "probe_cifar10_split", augment="crop_and_flip"),
+    "imagefolder": DatasetReader("imagefolder", "load_imagefolder_split", "probe_imagefolder_split",
+                                 augment="crop_and_flip"),
+}
+DATASETS = tuple(READERS)
+
+__all__ = ["DATASETS", "READERS", "SPLITS", "DataInfo", "ImageDataset", "InMemoryImageDataset", "load_dataset",
+           "probe_dataset"]
 
 
 def _check_name(name: str, split: str) -> None:
@@ -33,26 +55,11 @@ def _check_name(name: str, split: str) -> None:
 
 
 def _split_readers(name: str, split: str) -> tuple[Callable[..., ImageDataset], Callable[..., tuple[DataInfo, int]]]:
-    """(load, probe) of the module that reads dataset `name`, each called as f(split, root, image_size=...).
-
-    The module is imported here, on use: each format pulls in its own decoders.
-    """
+    """(load, probe) of the module that reads dataset `name`."""
     _check_name(name, split)
-    if name == "digits":
-        from rrcm.data.digits import load_digits_split, probe_digits_split
-
-        return load_digits_split, probe_digits_split
-    if name == "mnist":
-        from rrcm.data.mnist import load_mnist_split, probe_mnist_split
-
-        return load_mnist_split, probe_mnist_split
-    if name == "cifar10":
-        from rrcm.data.cifar10 import load_cifar10_split, probe_cifar10_split
-
-        return load_cifar10_split, probe_cifar10_split
-    from rrcm.data.imagefolder import load_imagefolder_split, probe_imagefolder_split
-
-    return load_imagefolder_split, probe_imagefolder_split
+    reader = READERS[name]
+    module = importlib.import_module(f"rrcm.data.{reader.module}")
+    return getattr(module, reader.load), getattr(module, reader.probe)
 
 
 def load_dataset(

@@ -57,16 +57,13 @@ def crop_and_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return random_hflip(random_crop(x, 4, generator), generator)
 
 
-TRAIN_AUGMENTATIONS: dict[str, Augmentation] = {
-    "digits": identity,
-    "mnist": identity,
-    "cifar10": crop_and_flip,
-    "imagefolder": crop_and_flip,
-}
+AUGMENTATIONS: dict[str, Augmentation] = {"identity": identity, "crop_and_flip": crop_and_flip}
 
 
 def train_augment(name: str) -> Augmentation:
-    """The standard training augmentation `f(x, generator)` for dataset `name`."""
-    if name not in TRAIN_AUGMENTATIONS:
-        raise UserError(f"no training augmentation for dataset {name!r}: choose one of {', '.join(TRAIN_AUGMENTATIONS)}")
-    return TRAIN_AUGMENTATIONS[name]
+    """The standard training augmentation `f(x, generator)` for dataset `name` (its entry in data.READERS)."""
+    from . import READERS
+
+    if name not in READERS:
+        raise UserError(f"no training augmentation for dataset {name!r}: choose one of {', '.join(READERS)}")
+    return AUGMENTATIONS[READERS[name].augment]
