@@ -324,7 +324,8 @@ def train(task: TrainingTask, out_dir: str | Path, ctx: DistContext, *, progress
         if step % s.log_every == 0 or step == s.total_steps:
             row = run.append_row(lr, time.perf_counter() - t0)
             t0 = time.perf_counter()
-            bar.set_postfix_str(f"loss {row['loss']:.4f}")
+            if progress and ctx.is_main:
+                tqdm.write(_row_text(row))
         if step % s.checkpoint_every == 0 or step == s.total_steps or step == stop_after_step:
             run.save_state(time.perf_counter() - t0)
         if step == stop_after_step and step < s.total_steps:
@@ -339,6 +340,13 @@ def train(task: TrainingTask, out_dir: str | Path, ctx: DistContext, *, progress
     if ctx.enabled:
         torch.distributed.barrier()
     return final_path
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    """One metrics row as the progress line printed with it, e.g. "step 60 (epoch 3): loss 0.41, ..."."""
+    where = f"step {row['step']}" + (f" (epoch {row['epoch']})" if "epoch" in row else "")
+    values = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step", "lr"))
+    return f"{where}: {values}"
 
 
 def _tensorboard_writer(out_dir: Path):
