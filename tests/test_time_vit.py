@@ -215,11 +215,13 @@ def test_every_encoder_parameter_gets_a_gradient():
 
 
 def test_layer_ids_cover_every_parameter():
+    from rrcm.train.engine import layer_id
+
     enc = tiny_encoder(depth=3)
-    ids = {name: enc.layer_id(name) for name, _ in enc.named_parameters()}
+    ids = {name: layer_id(name, enc.depth) for name, _ in enc.named_parameters()}
     assert ids["patch_embed.weight"] == ids["time_embed.0.weight"] == ids["pos_embed"] == ids["cls_token"] == 0
     assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.2.mlp.2.bias"] == 3
-    assert ids["norm.weight"] == 4 == enc.num_layers
+    assert ids["norm.weight"] == 4 == enc.depth + 1
     assert enc.no_weight_decay() <= set(ids)
 
 

@@ -191,21 +191,7 @@ class TimeConditionedViT(nn.Module):
     def forward(self, z: torch.Tensor, sigma: Any) -> torch.Tensor:
         return self.features(z, sigma)
 
-    # ---- helpers for optimisers (layer-wise learning-rate decay, weight-decay exclusions)
-
-    @property
-    def num_layers(self) -> int:
-        """Layer ids run 0 (embeddings) .. depth (last block); `depth + 1` is for what sits on top."""
-        return self.depth + 1
-
-    def layer_id(self, name: str) -> int:
-        """BEiT/MAE-style layer id of parameter `name` (as in `named_parameters()` of this module):
-        0 for the patch/cls/time/position embeddings, i + 1 for block i, depth + 1 for the final norm."""
-        if name.startswith(("patch_embed.", "cls_token", "time_embed.", "pos_embed")):
-            return 0
-        if name.startswith("blocks."):
-            return int(name.split(".")[1]) + 1
-        return self.depth + 1
+    # ---- for optimisers (the training engine's parameter groups find layers by name: train.engine.layer_id)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names usually exempt from weight decay besides biases and norms."""
