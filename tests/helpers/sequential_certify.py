@@ -9,7 +9,7 @@ import sys
 import torch
 
 from rrcm.data import load_dataset
-from rrcm.distributed import init_distributed, shutdown
+from rrcm.distributed import distributed
 from rrcm.smoothing.runner import CertifySettings, certify_dataset
 
 SETTINGS = CertifySettings(sigma=0.5, n0=20, n=3000, alpha=0.001, batch_size=128, seed=5, skip=25,
@@ -29,14 +29,9 @@ class Float64Linear(torch.nn.Module):
 
 
 def main(out: str, batch_size: int) -> None:
-    ctx = init_distributed("cpu")
-    try:
+    with distributed("cpu") as ctx:
         settings = CertifySettings(**{**SETTINGS.__dict__, "batch_size": batch_size})
         certify_dataset(Float64Linear().eval(), load_dataset("digits", "test"), settings, out, ctx=ctx, progress=False)
-    except BaseException:
-        shutdown(ctx, failed=True)
-        raise
-    shutdown(ctx)
 
 
 if __name__ == "__main__":
