@@ -250,3 +250,24 @@ def test_a_failed_write_of_the_log_names_the_file(model_and_data, tmp_path, tiny
     monkeypatch.setattr(os_module, "fsync", full_disk)
     with pytest.raises(UserError, match=r"cannot write .*log\.tsv\.part-rank0: No space left on device"):
         certify_dataset(model, data, SETTINGS, path, ctx=CPU, checkpoint_path=tiny_checkpoint, progress=False)
+
+
+def test_a_failed_write_of_a_row_names_the_file(model_and_data, tmp_path, tiny_checkpoint, monkeypatch):
+    """The disk fills after the header: the row's write names the part file too."""
+    import errno
+    import os as os_module
+
+    model, data = model_and_data
+    path = tmp_path / "log.tsv"
+    calls, real_fsync = [], os_module.fsync
+
+    def full_after_the_header(fd):
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os_module, "fsync", full_after_the_header)
+    with pytest.raises(UserError, match=r"cannot write .*log\.tsv\.part-rank0: No space left on device"):
+        certify_dataset(model, data, SETTINGS, path, ctx=CPU, checkpoint_path=tiny_checkpoint, progress=False)
+    assert len(calls) == 2  # the header was written; the first row was not

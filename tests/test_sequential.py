@@ -369,3 +369,20 @@ def test_certify_sequential_takes_the_smallest_settings_that_are_allowed():
     # n0 == n_max == 2 (at α = 0.3 two agreeing samples can certify), batch size 1
     cert = smooth.certify_sequential(DATA[0][0], 2, 2, 0.3, 1, idx=0, target_radius=0.0)
     assert cert.samples_used == 2 and 0 <= cert.count_selection <= 2
+
+
+
+def test_an_unknown_procedure_is_named_with_the_choices():
+    from rrcm.smoothing.runner import CertifySettings
+
+    with pytest.raises(UserError) as error:
+        CertifySettings(sigma=0.25, procedure="fast").certification_procedure()
+    assert str(error.value) == "unknown certification procedure 'fast'; choose cohen or sequential"
+
+
+def test_the_largest_step_growth_is_allowed():
+    from rrcm.smoothing.procedures import MAX_GROWTH, SequentialCertify
+
+    SequentialCertify(100, 10_000, 0.001, target_radius=0.5, growth=MAX_GROWTH).validate(0.25)
+    with pytest.raises(UserError, match="--step-growth must be a number in"):
+        SequentialCertify(100, 10_000, 0.001, target_radius=0.5, growth=MAX_GROWTH * 1.01).validate(0.25)
