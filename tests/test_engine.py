@@ -158,3 +158,14 @@ def test_gradients_are_clipped_only_from_clip_from_step_on(tmp_path, monkeypatch
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     engine.train(task, tmp_path, CPU, progress=False)
     assert clipped_at == [3, 4, 5]
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_one_autocast_per_precision_name(precision, dtype):
+    from rrcm.arithmetic import autocast
+
+    with autocast(precision, torch.device("cpu")):
+        enabled = torch.is_autocast_enabled("cpu")
+        assert enabled == (dtype is not None)
+        if enabled:
+            assert torch.get_autocast_dtype("cpu") == dtype

@@ -36,7 +36,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import torch
@@ -44,6 +43,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .arithmetic import autocast
 from .errors import UserError, short_message
 
 __all__ = ["PRECISIONS", "IDLE_CORES", "CONTENDED_CORES", "CONTENDED_RETRIES", "ISA_FLAGS", "meta_init",
@@ -244,12 +244,6 @@ def measure_uncontended(measure: Callable[[], T], *, wait_idle: float,
 
 # ---- timing a model's forward
 
-def _autocast(precision: str, device_type: str = "cpu"):
-    if precision == "bf16":
-        return torch.autocast(device_type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def time_model(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: int, precision: str,
                repeats: int, warmup: int = 1, seed: int = 0, wait_idle: float = 0.0,
                device: str = "cpu") -> dict[str, Any]:
@@ -274,7 +268,7 @@ def time_model(model: nn.Module, input_shape: tuple[int, ...], *, batch_size: in
             sync()
         return watch
 
-    with torch.inference_mode(), _autocast(precision, torch.device(device).type):
+    with torch.inference_mode(), autocast(precision, torch.device(device)):
         for _ in range(warmup):
             model(x)
         sync()

@@ -321,8 +321,7 @@ class DenoiserConfig:
             raise UserError(f"betas must satisfy 0 < beta-start < beta-end < 1, got {self.beta_start}, {self.beta_end}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise UserError(f"unknown beta schedule {self.beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
-        if self.precision not in engine.PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}; choose {', '.join(engine.PRECISIONS)}")
+        engine.check_precision(self.precision)
 
 
 def denoiser_model_config(channels: int, image_size: int, *, size: str = "small",

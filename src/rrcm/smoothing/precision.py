@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from ..arithmetic import autocast
 from ..profiling import Stopwatch, cpu_flags, cpu_name
 
 AUTO = "auto"
@@ -231,12 +232,6 @@ def _eval_mode(model: torch.nn.Module):
             module.training = training
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def timing_probe(model: torch.nn.Module, shape: tuple[int, ...], batch_size: int, device: torch.device, *,
                  channels_last: bool = False, budget_s: float = PROBE_BUDGET_S, repeats: int = PROBE_REPEATS,
                  timer: Callable[[], float] = time.perf_counter) -> Probe:
@@ -254,7 +249,7 @@ def timing_probe(model: torch.nn.Module, shape: tuple[int, ...], batch_size: int
 
     def forward(batch: torch.Tensor, precision: str) -> float:
         t0 = timer()
-        with _autocast(precision, device):
+        with autocast(precision, device):
             model(batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

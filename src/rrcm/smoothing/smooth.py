@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..arithmetic import autocast
 from ..errors import UserError
 from . import stats
 from .noise import PREDICTION, NoiseStream
@@ -243,7 +244,7 @@ class Smooth:
             if "channels_last" not in buffers:
                 buffers["channels_last"] = torch.empty_like(buffers["batch"], memory_format=torch.channels_last)
             batch = buffers["channels_last"][:total].copy_(batch)
-        with self._autocast(device):
+        with autocast(self.precision, device):
             logits = self.base_classifier(batch)
         self._check_shape(logits, total)
         if not bool(torch.isfinite(logits).all()):
@@ -307,7 +308,7 @@ class Smooth:
                     buffer_cl = torch.empty((min(batch_size, num), *x.shape), dtype=batch.dtype, device=device,
                                             memory_format=torch.channels_last)
                 batch = buffer_cl[:this_batch].copy_(batch)
-            with self._autocast(device):
+            with autocast(self.precision, device):
                 logits = self.base_classifier(batch)
             self._check_shape(logits, this_batch)
             all_finite &= torch.isfinite(logits).all()
@@ -322,12 +323,6 @@ class Smooth:
             raise UserError(f"the model returned logits of shape {tuple(logits.shape)}, expected "
                             f"({batch}, {self.num_classes}); the checkpoint does not match the data's "
                             "number of classes")
-
-    def _autocast(self, device: torch.device):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=device.type, dtype=dtype)
 
     def _resolve_idx(self, idx: int | None) -> int:
         # Negative keys never collide with dataset indices.

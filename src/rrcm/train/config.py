@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
-from .engine import OPTIMIZERS, PRECISIONS
+from .engine import OPTIMIZERS, check_precision
 from .objectives import METHODS
 
 
@@ -68,8 +68,7 @@ class TrainConfig:
             raise UserError(f"sigma must be a positive number, got {self.sigma}; use e.g. --sigma 0.25")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}; choose {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         for name in ("epochs", "batch_size", "num_noise", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -1,7 +1,7 @@
 """The one training loop: classifier training (every objective), rRCM pre-training and denoiser training
 are tasks it runs.
 
-A task (`TrainingTask`) builds its model, gives its parameter groups, computes one step's loss and metric
+A task (`Task`) builds its model, gives its parameter groups, computes one step's loss and metric
 sums, and exports its final artefact. The engine does everything else, once for every task:
   - refuses to train a finished run again with other settings, and to resume an interrupted one with
     other settings;
@@ -22,22 +22,23 @@ sums, and exports its final artefact. The engine does everything else, once for 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from .. import arithmetic
 from ..checkpoint import load_state, read_checkpoint_config, save_state
 from ..distributed import DistContext
 from ..errors import UserError
 from ..fileio import check_output_folder, write_json_atomic
 from ..smoothing.noise import derive_seed
+from .contrastive import average_gradients
 from .outputs import CONFIG_FILE, check_resumable, write_metrics
 from .schedule import warmup_cosine
 
@@ -45,6 +46,12 @@ STATE_FILE = "train_state.safetensors"
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
 ORDER_STREAM, DROPOUT_STREAM = 3, 21  # the engine's own generator streams; tasks use others
+
+
+def check_precision(precision: str) -> None:
+    """The training precisions every task takes (fp16 with loss scaling)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
 
 
 def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -93,8 +100,9 @@ class StepOutput:
     count: int  # the local examples
 
 
-class TrainingTask(Protocol):
-    """What the engine needs of a task (`Task` gives the optional hooks their defaults)."""
+class Task:
+    """What the engine needs of a task. Subclasses set the attributes and implement `build`,
+    `parameter_groups`, `describe`, `step` and `export`; the two other hooks default to doing nothing."""
 
     what: str  # "training", "pre-training", ...: names the run in messages
     settings_key: str  # the key of config.json (and of the final checkpoint's config) holding the settings
@@ -104,18 +112,21 @@ class TrainingTask(Protocol):
     settings: EngineSettings
     num_examples: int
 
-    def build(self, ctx: DistContext) -> torch.nn.Module: ...  # on ctx.device
-    def parameter_groups(self, model: torch.nn.Module) -> list[dict]: ...
-    def describe(self, model: torch.nn.Module, device: torch.device) -> str: ...
+    def build(self, ctx: DistContext) -> torch.nn.Module:  # on ctx.device
+        raise NotImplementedError
+
+    def parameter_groups(self, model: torch.nn.Module) -> list[dict]:
+        raise NotImplementedError
+
+    def describe(self, model: torch.nn.Module, device: torch.device) -> str:
+        raise NotImplementedError
+
     def step(self, model: torch.nn.Module, forward: torch.nn.Module, indices: torch.Tensor,
-             ctx: StepContext) -> StepOutput: ...
-    def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None: ...
-    def row_values(self, step: int) -> dict[str, Any]: ...
-    def export(self, model: torch.nn.Module, path: Path) -> None: ...
+             ctx: StepContext) -> StepOutput:
+        raise NotImplementedError
 
-
-class Task:
-    """Defaults of the optional hooks: nothing after the optimizer step, no values of the task's own per row."""
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        raise NotImplementedError
 
     def after_optimizer_step(self, model: torch.nn.Module, step: int) -> None:
         pass
@@ -132,12 +143,6 @@ def make_optimizer(settings: EngineSettings, groups: list[dict]) -> torch.optim.
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.momentum > 0)
     return torch.optim.AdamW(groups, lr=settings.lr)
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 @dataclass
@@ -185,16 +190,10 @@ class _Divergence:
             raise UserError(f"{what} diverged (loss {float(self.loss)} at step {int(self.step)}); lower --lr")
 
 
-def _average_gradients(model: torch.nn.Module) -> None:
-    from .contrastive import average_gradients
-
-    average_gradients(model)
-
-
 class _Run:
     """One invocation of the engine on one task: the state it builds, resumes and saves."""
 
-    def __init__(self, task: TrainingTask, out_dir: Path, ctx: DistContext):
+    def __init__(self, task: Task, out_dir: Path, ctx: DistContext):
         self.task, self.out_dir, self.ctx, self.s = task, out_dir, ctx, task.settings
         self.state_path = out_dir / STATE_FILE
         torch.manual_seed(derive_seed(self.s.seed, 0))  # identical initial weights on every process
@@ -248,7 +247,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if self.ctx.enabled and s.gradient_sync == "all_reduce":
-            _average_gradients(self.model)
+            average_gradients(self.model)
         self.scaler.unscale_(self.optimizer)
         if s.grad_clip and step >= s.clip_from_step:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
@@ -293,7 +292,7 @@ class _Run:
         write_metrics(self.out_dir, self.rows, self.task.metric_columns)
 
 
-def train(task: TrainingTask, out_dir: str | Path, ctx: DistContext, *, progress: bool = True,
+def train(task: Task, out_dir: str | Path, ctx: DistContext, *, progress: bool = True,
           stop_after_step: int | None = None) -> Path:
     """Train `task` (or resume it) in `out_dir`; returns the final artefact's path, or the training state's
     when `stop_after_step` ends the run early, as an interruption would."""
@@ -313,7 +312,7 @@ def train(task: TrainingTask, out_dir: str | Path, ctx: DistContext, *, progress
     s = task.settings
     if ctx.is_main:
         print(task.describe(run.model, ctx.device))
-    autocast = autocast_context(s.precision, ctx.device)
+    autocast = arithmetic.autocast(s.precision, ctx.device)
     t0 = time.perf_counter()
     bar = tqdm(total=s.total_steps, initial=run.step, desc=task.what, unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
@@ -373,11 +372,11 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, *, layer_decay
     """The trainable parameters in optimizer groups: no weight decay on biases and norms (1-D tensors); with
     `layer_decay` (and the ViT's `depth`), a group per layer whose learning rate is scaled by
     layer_decay^(depth + 1 − layer)."""
+    layered = layer_decay is not None and depth is not None
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        layered = layer_decay is not None and depth is not None
         layer = layer_id(name, depth) if layered else 0
         key = (layer, p.ndim > 1)
         group = groups.setdefault(key, {"params": [], "weight_decay": weight_decay if p.ndim > 1 else 0.0,

@@ -112,8 +112,7 @@ class PretrainConfig:
             raise UserError("the rrcm EMA schedule needs --ema-final above --ema-base and --ema-sharpness > 0")
         if self.trajectory_weight < 0 or self.instance_weight < 0 or self.trajectory_weight + self.instance_weight == 0:
             raise UserError("term weights must be non-negative and not both zero")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"unknown precision {self.precision!r}; choose fp32, bf16 or fp16")
+        engine.check_precision(self.precision)
         if not 0 < self.crop_scale_min <= 1:
             raise UserError(f"crop-scale-min must lie in (0, 1], got {self.crop_scale_min}")
 
