@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,14 +46,17 @@ def pixels(batch: int = 4, channels: int = 1, size: int = 8, seed: int = 2) -> t
 
 # ---- parameter counts: an independent hand count, then the exact numbers
 
-def hand_count_encoder(*, in_channels, image_size, patch_size, width, depth, mlp_ratio=4.0, time_embed_dim=256):
+def hand_count_encoder(*, in_channels, image_size, patch_size, width, depth, mlp_ratio=4.0, time_embed_dim=256,
+                       time_token="sinusoid", qkv_bias=False):
     w, hidden = width, int(width * mlp_ratio)
     patches = (image_size // patch_size) ** 2
     per_block = (2 * w) + (3 * w * w + 3 * w) + (w * w + w) + (2 * w) + (w * hidden + hidden) + (hidden * w + w)
     if hidden == 4 * w:
         assert per_block == 12 * w * w + 13 * w
+    if not qkv_bias:
+        per_block -= 3 * w
     embeddings = (in_channels * patch_size ** 2 * w + w) + w + (2 + patches) * w  # patch conv, cls, positions
-    time_mlp = (time_embed_dim * w + w) + (w * w + w)
+    time_mlp = (time_embed_dim * w + w) + (w * w + w) if time_token == "mlp" else 0  # the sinusoid has none
     return embeddings + time_mlp + depth * per_block + 2 * w  # + final LayerNorm
 
 
@@ -60,37 +64,43 @@ def hand_count_projector(in_dim, hidden, out=256):
     return in_dim * hidden + 2 * hidden + hidden * hidden + 2 * hidden + hidden * out  # no biases; BN affine
 
 
-PRESET_CASES = {  # size: (kind, exact encoder count, exact projector count)
-    "tiny": (DIGITS, 222_208, 148_480),
-    "mnist": ((1, 28), 225_088, 148_480),
-    "cifar-small": (CIFAR, 2_778_240, 1_511_424),
-    "cifar10-b": (CIFAR, 85_933_056, 6_299_648),
-    "imagenet-s": (IMAGENET, 19_805_184, 5_775_360),
-    "imagenet-b": (IMAGENET, 86_587_392, 20_987_904),
+# size: (kind, exact encoder count (the authors' time token, no qkv bias), the earlier model's, projector count)
+PRESET_CASES = {
+    "tiny": (DIGITS, 200_832, 222_208, 148_480),
+    "mnist": ((1, 28), 203_712, 225_088, 148_480),
+    "cifar-small": (CIFAR, 2_688_384, 2_778_240, 1_511_424),
+    "cifar10-b": (CIFAR, 85_117_440, 85_933_056, 6_299_648),
+    "imagenet-s": (IMAGENET, 19_401_728, 19_805_184, 5_775_360),
+    "imagenet-b": (IMAGENET, 85_771_776, 86_587_392, 20_987_904),
 }
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["authors", "earlier"])
 @pytest.mark.parametrize("size", list(PRESET_CASES))
-def test_preset_parameter_counts(size):
-    kind, expected_encoder, expected_projector = PRESET_CASES[size]
-    cfg = rrcm_config(kind, num_classes=1000, size=size)
+def test_preset_parameter_counts(size, earlier):
+    kind, authors_encoder, earlier_encoder, expected_projector = PRESET_CASES[size]
+    options = {"time_token": "mlp", "qkv_bias": True} if earlier else {}
+    cfg = rrcm_config(kind, num_classes=1000, size=size, **options)
     with torch.device("meta"):  # no memory for ViT-B's weights
         encoder = encoder_from_config(cfg)
         projector = Projector(encoder.width, RRCM_VIT_SIZES[size]["projector_hidden"])
     n_enc, n_proj = count_parameters(encoder), count_parameters(projector)
     print(f"{size}: encoder {n_enc:,}, projector {n_proj:,}, encoder + projector {n_enc + n_proj:,}")
     assert n_enc == hand_count_encoder(**{k: cfg[k] for k in ("in_channels", "image_size", "patch_size", "width",
-                                                                "depth", "mlp_ratio", "time_embed_dim")})
+                                                                "depth", "mlp_ratio", "time_embed_dim",
+                                                                "time_token", "qkv_bias")})
     assert n_proj == hand_count_projector(encoder.width, RRCM_VIT_SIZES[size]["projector_hidden"])
-    assert (n_enc, n_proj) == (expected_encoder, expected_projector)
+    assert (n_enc, n_proj) == (earlier_encoder if earlier else authors_encoder, expected_projector)
 
 
 def test_imagenet_b_is_vit_b16_sized():
-    # ViT-B/16: 86,567,656 with its 1000-class head, 85,798,656 without. Ours adds one position and
-    # the time MLP (256*768 + 768 + 768*768 + 768 = 787,968) and has no head.
-    n = PRESET_CASES["imagenet-b"][1]
-    assert 84_000_000 <= n <= 88_000_000
-    assert n == 85_798_656 + 768 + 787_968
+    # ViT-B/16: 86,567,656 with its 1000-class head, 85,798,656 without. Ours adds one position and has no
+    # qkv bias (12 blocks x 3 x 768 = 27,648); the earlier model adds the time MLP (256*768 + 768 + 768*768
+    # + 768 = 787,968) and keeps the qkv bias.
+    authors, earlier = PRESET_CASES["imagenet-b"][1:3]
+    assert 84_000_000 <= authors <= 88_000_000
+    assert authors == 85_798_656 + 768 - 27_648
+    assert earlier == 85_798_656 + 768 + 787_968
     cfg = rrcm_config(IMAGENET, num_classes=1000, size="imagenet-b")
     assert (cfg["width"], cfg["depth"], cfg["heads"], cfg["patch_size"]) == (768, 12, 12, 16)
 
@@ -158,7 +168,7 @@ def test_input_is_scaled_by_c_in(monkeypatch):
         for sigma in (0.002, 0.5, 3.0, 80.0):
             c = 1 / math.sqrt(sigma ** 2 + 0.25)
             h = enc(z, sigma)
-            manual = enc.encode(enc.embed(z * c, sigma))[:, 0]
+            manual = enc.norm(enc.encode(enc.embed(z * c, sigma))[:, 0])
             torch.testing.assert_close(h, manual, rtol=1e-5, atol=1e-5)
             with monkeypatch.context() as m:  # scaling disabled: feed the scaled input instead
                 m.setattr(time_vit, "_c_in", lambda s, sigma_data=0.5: torch.ones_like(s))
@@ -217,17 +227,24 @@ def test_every_encoder_parameter_gets_a_gradient():
 def test_layer_ids_cover_every_parameter():
     from rrcm.train.engine import layer_id
 
-    enc = tiny_encoder(depth=3)
-    ids = {name: layer_id(name, enc.depth) for name, _ in enc.named_parameters()}
-    assert ids["patch_embed.weight"] == ids["time_embed.0.weight"] == ids["pos_embed"] == ids["cls_token"] == 0
-    assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.2.mlp.2.bias"] == 3
-    assert ids["norm.weight"] == 4 == enc.depth + 1
-    assert enc.no_weight_decay() <= set(ids)
+    for time_token in ("sinusoid", "mlp"):
+        enc = tiny_encoder(depth=3, time_token=time_token)
+        ids = {name: layer_id(name, enc.depth) for name, _ in enc.named_parameters()}
+        assert ids["patch_embed.weight"] == ids["pos_embed"] == ids["cls_token"] == 0
+        assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.2.mlp.2.bias"] == 3
+        assert ids["norm.weight"] == 4 == enc.depth + 1
+        assert ("time_embed.0.weight" in ids) == (time_token == "mlp")
+        assert ids.get("time_embed.0.weight", 0) == 0
 
 
 def test_init_like_the_project_vit():
     enc = tiny_encoder()
+    # the authors' cls token: N(0, 1e-6²); the earlier model's: trunc-normal(0.02) like the rest
+    assert 0.5e-6 < enc.cls_token.std().item() < 2e-6
+    assert 0.01 < tiny_encoder(time_token="mlp").cls_token.std().item() < 0.03
     for name, p in enc.named_parameters():
+        if name == "cls_token":
+            continue
         if name.endswith("bias"):
             assert torch.count_nonzero(p) == 0, name
         elif "norm" in name:
@@ -286,7 +303,8 @@ def test_classifier_maps_pixels_to_minus_one_one():
     clf = build_model(rrcm_config(condition_sigma=0.3)).eval()
     assert isinstance(clf, RRCMClassifier) and isinstance(clf.encoder, TimeConditionedViT)
     seen = {}
-    clf.encoder.register_forward_pre_hook(lambda m, args: seen.update(z=args[0].clone(), sigma=args[1]))
+    cls_output = clf.encoder.cls_output
+    clf.encoder.cls_output = lambda z, sigma: seen.update(z=z.clone(), sigma=sigma) or cls_output(z, sigma)
     x = pixels()
     with torch.no_grad():
         logits = clf(x)
@@ -298,9 +316,15 @@ def test_classifier_maps_pixels_to_minus_one_one():
         clf(x + 0.25 * eps)
     torch.testing.assert_close(seen["z"] - (2 * x - 1), 2 * 0.25 * eps, rtol=0, atol=1e-6)
     with torch.no_grad():
-        torch.testing.assert_close(clf(x), clf.head(clf.encoder(2 * x - 1, 0.3)))
-        torch.testing.assert_close(clf.features(x), clf.encoder(2 * x - 1, 0.3))
+        # the head reads the cls token before the final LayerNorm (the authors' CIFAR-10 fine-tuning)
+        torch.testing.assert_close(clf(x), clf.head(cls_output(2 * x - 1, 0.3)))
+        torch.testing.assert_close(clf.features(x), cls_output(2 * x - 1, 0.3))
     assert clf.features(x).shape == (4, clf.feature_dim)
+    assert not any(p.requires_grad for p in clf.encoder.norm.parameters())  # unused, so frozen
+    normed = build_model(rrcm_config(condition_sigma=0.3, feature_norm=True)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(normed.features(x), normed.encoder.norm(normed.encoder.cls_output(2 * x - 1, 0.3)))
+    assert all(p.requires_grad for p in normed.encoder.norm.parameters())
 
 
 def test_mean_std_are_fixed_to_one_half():
@@ -327,7 +351,7 @@ def test_pretrained_encoder_loads_into_the_classifier():
     clf.load_state_dict(full, strict=True)
     x = pixels(channels=3, size=32)
     with torch.no_grad():
-        torch.testing.assert_close(clf.features(x), encoder.eval()(2 * x - 1, 0.5))
+        torch.testing.assert_close(clf.features(x), encoder.eval().cls_output(2 * x - 1, 0.5))
     with pytest.raises(ValueError, match="rrcm_vit"):
         encoder_from_config(model_config("vit", num_classes=10, in_channels=1, image_size=8, mean=[0.5], std=[0.5]))
 
@@ -335,8 +359,10 @@ def test_pretrained_encoder_loads_into_the_classifier():
 def test_registry_round_trip():
     cfg = rrcm_config(CIFAR, size="cifar-small", depth=2, condition_sigma=0.25)
     assert set(cfg) == {"arch", "num_classes", "in_channels", "image_size", "mean", "std", "patch_size", "width",
-                        "depth", "heads", "mlp_ratio", "time_embed_dim", "condition_sigma", "sigma_data"}
+                        "depth", "heads", "mlp_ratio", "time_embed_dim", "condition_sigma", "sigma_data",
+                        "time_token", "qkv_bias", "feature_norm"}
     assert cfg["sigma_data"] == 0.5 and cfg["time_embed_dim"] == 256
+    assert (cfg["time_token"], cfg["qkv_bias"], cfg["feature_norm"]) == ("sinusoid", False, False)
     rebuilt = json.loads(json.dumps(cfg))
     assert rebuilt == cfg and model_config(**rebuilt) == cfg
     torch.manual_seed(4)
@@ -372,3 +398,82 @@ def test_bad_rrcm_configs_raise(overrides, error, pattern):
     cfg.update(overrides)
     with pytest.raises(error, match=pattern):
         build_model(cfg)
+
+
+# ---- the authors' encoder (jiachenlei/rRCM) against rrcm's earlier one
+
+def test_the_authors_time_token_is_the_full_width_sinusoid_of_c_noise():
+    enc = tiny_encoder()
+    assert enc.time_embed is None
+    sigmas = torch.tensor([0.002, 0.25, 1.0, 80.0])
+    token = enc.time_token(sigmas, 4, "cpu")
+    c_noise = 250 * torch.log(sigmas.double())
+    k = torch.arange(16, dtype=torch.float64)
+    args = c_noise[:, None] * torch.exp(-math.log(10_000.0) * k / 16)[None]
+    expected = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # width 32 = 16 cos + 16 sin
+    torch.testing.assert_close(token.double(), expected, rtol=0, atol=1e-3)  # float32 args reach ~1500
+    # every (cos, sin) pair has unit norm, so the token's RMS is exactly 1/sqrt(2) at any sigma
+    torch.testing.assert_close(token.pow(2).mean(1), torch.full((4,), 0.5), rtol=0, atol=1e-6)
+    # the earlier MLP token carries far less signal at initialisation (the issue's ~20x)
+    earlier = tiny_encoder(time_token="mlp").time_token(sigmas, 4, "cpu")
+    assert earlier.pow(2).mean().sqrt() < 0.1
+
+
+def test_the_time_token_reaches_the_features():
+    enc = tiny_encoder()
+    z = noisy()
+    with torch.no_grad():
+        assert not torch.allclose(enc(z, 0.5), enc(z, 0.6), atol=1e-4)
+
+
+def test_qkv_has_no_bias_unless_asked_for():
+    assert all(block.attn.qkv.bias is None for block in tiny_encoder().blocks)
+    assert all(block.attn.qkv.bias is not None for block in tiny_encoder(qkv_bias=True).blocks)
+    assert all(block.attn.proj.bias is not None for block in tiny_encoder().blocks)  # as the authors'
+
+
+def test_bad_encoder_options_name_the_key():
+    with pytest.raises(ValueError, match="'time_token' must be one of sinusoid, mlp"):
+        rrcm_config(time_token="linear")
+    with pytest.raises(TypeError, match="'qkv_bias' must be true or false"):
+        rrcm_config(qkv_bias=1)
+    with pytest.raises(TypeError, match="'feature_norm' must be true or false"):
+        rrcm_config(feature_norm="yes")
+
+
+def test_a_config_saved_before_the_new_keys_builds_the_earlier_model(tmp_path):
+    from rrcm.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+    from rrcm.models import upgrade_saved_config
+
+    earlier = rrcm_config(time_token="mlp", qkv_bias=True, feature_norm=True)
+    torch.manual_seed(3)
+    model = build_model(earlier).eval()
+    old_config = {k: v for k, v in earlier.items() if k not in ("time_token", "qkv_bias", "feature_norm")}
+    save_checkpoint(tmp_path / "old.safetensors", model, {"model": old_config})
+    assert read_checkpoint_config(tmp_path / "old.safetensors")["model"] == earlier
+    loaded, _ = load_checkpoint(tmp_path / "old.safetensors")
+    x = pixels()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    # a config in memory takes today's defaults; explicit keys win over the legacy values; nested model
+    # configs (a composite's parts) are upgraded too; other arches are left alone
+    assert build_model(old_config).encoder.time_embed is None
+    assert upgrade_saved_config({**old_config, "qkv_bias": False})["qkv_bias"] is False
+    nested = upgrade_saved_config({"arch": "dds", "classifier": old_config})
+    assert nested["classifier"] == {**old_config, "time_token": "mlp", "qkv_bias": True, "feature_norm": True}
+    lenet = {"arch": "lenet", "num_classes": 10}
+    assert upgrade_saved_config(lenet) == lenet
+
+
+def test_the_committed_sequential_checkpoints_still_build_as_trained():
+    from safetensors import safe_open
+
+    from rrcm.checkpoint import CONFIG_KEY, load_checkpoint
+
+    path = Path(__file__).resolve().parent.parent / "results/mnist/sequential/checkpoints/rrcm-s0.5.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        raw = json.loads(f.metadata()[CONFIG_KEY])["model"]
+    assert "time_token" not in raw  # written before the key existed
+    model, config = load_checkpoint(path)
+    assert model.encoder.time_embed is not None and model.feature_norm
+    assert model.encoder.blocks[0].attn.qkv.bias is not None

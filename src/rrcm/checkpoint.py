@@ -167,6 +167,10 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(config, dict) or "model" not in config:
         raise UserError(f"checkpoint {path} has no model config; re-train or re-save it")
     _check_config_types(path, config)
+    from .models import upgrade_saved_config
+
+    # a checkpoint saved before its arch gained a key describes the model that key's legacy value gives
+    config["model"] = upgrade_saved_config(config["model"])
     if config.get("data", {}) is None:  # recorded as null (e.g. a DDS model of an old classifier): unknown
         del config["data"]
     return config

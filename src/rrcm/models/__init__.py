@@ -30,15 +30,15 @@ from torch import nn
 
 from .lenet import LeNet, default_lenet_padding, lenet_feature_size
 from .normalize import Normalize
-from .registry import (COMMON_KEYS, arch_names, build_model, config_int, config_real, is_arch, model_config,
-                       register_arch)
+from .registry import (COMMON_KEYS, arch_names, build_model, config_bool, config_choice, config_int, config_real,
+                       is_arch, model_config, register_arch, upgrade_saved_config)
 from .resnet_cifar import BLOCK_TYPES, CifarResNet, blocks_per_stage
-from .time_vit import (RRCM_VIT_SIZES, Projector, RRCMClassifier, TimeConditionedViT, build_rrcm_classifier,
+from .time_vit import (RRCM_VIT_LEGACY, RRCM_VIT_SIZES, TIME_TOKENS, Projector, RRCMClassifier, TimeConditionedViT, build_rrcm_classifier,
                        encoder_from_config, prepare_rrcm_vit_config, rrcm_vit_defaults)
 from .vit import VisionTransformer, default_patch_size
 
 __all__ = ["ARCHS", "COMPOSITE_ARCHS", "COMMON_KEYS", "register_arch", "arch_names", "is_arch", "build_model",
-           "model_config", "count_parameters", "Normalize", "LeNet", "CifarResNet", "VisionTransformer",
+           "model_config", "upgrade_saved_config", "count_parameters", "Normalize", "LeNet", "CifarResNet", "VisionTransformer",
            "TimeConditionedViT", "RRCMClassifier", "Projector", "RRCM_VIT_SIZES", "encoder_from_config"]
 
 
@@ -124,10 +124,13 @@ def _check_rrcm_vit(cfg: dict) -> None:
     cfg["time_embed_dim"] = config_int(cfg, "time_embed_dim", 2)
     cfg["condition_sigma"] = config_real(cfg, "condition_sigma", positive=True)
     cfg["sigma_data"] = config_real(cfg, "sigma_data", positive=True)
+    cfg["time_token"] = config_choice(cfg, "time_token", TIME_TOKENS)
+    cfg["qkv_bias"] = config_bool(cfg, "qkv_bias")
+    cfg["feature_norm"] = config_bool(cfg, "feature_norm")
 
 
 register_arch("rrcm_vit", defaults=rrcm_vit_defaults, check=_check_rrcm_vit, build=build_rrcm_classifier,
-              prepare=prepare_rrcm_vit_config)
+              prepare=prepare_rrcm_vit_config, legacy=RRCM_VIT_LEGACY)
 
 
 def __getattr__(name: str) -> tuple[str, ...]:

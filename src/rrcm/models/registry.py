@@ -9,6 +9,10 @@ An arch is registered once, by the module that defines it, with `register_arch`:
   TypeError for a wrong type and ValueError for a wrong value, the message naming the key;
 - `build(cfg)` returns the model (pixels in [0, 1] -> logits) for a filled-in, checked config;
 - `prepare(config)`, optional, rewrites the raw config before anything else (rrcm_vit: size presets);
+- `legacy`, optional, maps each key added to the arch after its first release to the value the model
+  had before the key existed. `upgrade_saved_config` fills those into a config read from disk
+  (`rrcm.checkpoint` does), so an old checkpoint keeps building the model it was trained as, while a
+  new config takes the current defaults;
 - `composite=True` marks an arch assembled from other models (e.g. "dds"): buildable, not trainable.
 
 Which modules register archs. `rrcm.models` registers the built-in ones when it is imported. Archs
@@ -32,7 +36,7 @@ from typing import Any
 from torch import nn
 
 __all__ = ["COMMON_KEYS", "ArchSpec", "register_arch", "arch_names", "is_arch", "model_config", "build_model",
-           "config_int", "config_real"]
+           "upgrade_saved_config", "config_int", "config_real", "config_bool", "config_choice"]
 
 COMMON_KEYS = ("arch", "num_classes", "in_channels", "image_size", "mean", "std")
 
@@ -46,6 +50,7 @@ class ArchSpec:
     build: Callable[[dict], nn.Module]
     prepare: Callable[[Mapping[str, Any]], dict] | None = None
     composite: bool = False
+    legacy: Mapping[str, Any] | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -54,7 +59,8 @@ _arch_modules_imported = False
 
 def register_arch(name: str, *, build: Callable[[dict], nn.Module],
                   defaults: Callable[[dict], dict] | None = None, check: Callable[[dict], None] | None = None,
-                  prepare: Callable[[Mapping[str, Any]], dict] | None = None, composite: bool = False) -> None:
+                  prepare: Callable[[Mapping[str, Any]], dict] | None = None, composite: bool = False,
+                  legacy: Mapping[str, Any] | None = None) -> None:
     """Add arch `name` to the registry. An arch without own keys needs only `build`.
 
     Raises ValueError if `name` is already registered (each arch is registered once, by its module).
@@ -64,7 +70,8 @@ def register_arch(name: str, *, build: Callable[[dict], nn.Module],
     if name in _REGISTRY:
         raise ValueError(f"arch {name!r} is already registered")
     _REGISTRY[name] = ArchSpec(defaults=defaults or (lambda cfg: {}), check=check or (lambda cfg: None),
-                               build=build, prepare=prepare, composite=composite)
+                               build=build, prepare=prepare, composite=composite,
+                               legacy=dict(legacy) if legacy else None)
 
 
 def _import_arch_modules() -> None:
@@ -122,6 +129,22 @@ def config_real(cfg: Mapping[str, Any], key: str, *, positive: bool = False) -> 
     return value
 
 
+def config_bool(cfg: Mapping[str, Any], key: str) -> bool:
+    """`cfg[key]`, which must be true or false."""
+    value = cfg[key]
+    if not isinstance(value, bool):
+        raise TypeError(f"model config key '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def config_choice(cfg: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    """`cfg[key]`, which must be one of `choices`."""
+    value = cfg[key]
+    if value not in choices:
+        raise ValueError(f"model config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _per_channel(cfg: dict, key: str, *, positive: bool) -> list[float]:
     values = cfg[key]
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
@@ -171,6 +194,21 @@ def _resolve(config: Mapping[str, Any]) -> tuple[dict, ArchSpec]:
     cfg.update({k: config.get(k, default) for k, default in defaults.items()})
     spec.check(cfg)
     return cfg, spec
+
+
+def upgrade_saved_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A model config read from disk, with the keys its arch gained since it was saved set to the values
+    they stand for there (the arch's `legacy`), and so for the model configs nested in it (a composite's
+    parts); anything else is returned as it is (`build_model` reports what is wrong with it)."""
+    if not isinstance(config, Mapping):
+        return config
+    config = {k: upgrade_saved_config(v) if isinstance(v, Mapping) and "arch" in v else v
+              for k, v in config.items()}
+    arch = config.get("arch")
+    spec = _spec(arch) if isinstance(arch, str) else None
+    if spec is None or not spec.legacy:
+        return config
+    return {**spec.legacy, **config}
 
 
 def model_config(arch: str, *, num_classes: int, in_channels: int, image_size: int, mean, std,

@@ -4,18 +4,24 @@ Conventions:
 
 - The encoder works in the diffusion's space: images in [-1, 1], noisy points z = x + σ·ε (EDM,
   variance exploding). It scales its input by c_in(σ) = 1/√(σ² + σ_data²) and is told
-  c_noise(σ) = 250·ln σ through a *time token*: a sinusoidal embedding of c_noise, mapped to the
-  width by a Linear–SiLU–Linear MLP, placed after the cls token. Tokens are
-  [cls, time, patches] + a learned position embedding over all of them; the feature h is the cls
-  token after the final LayerNorm.
+  c_noise(σ) = 250·ln σ through a *time token* placed after the cls token. Tokens are
+  [cls, time, patches] + a learned position embedding over all of them.
+- The time token (`time_token`): "sinusoid", the authors' (jiachenlei/rRCM, `mlp_time_embed=False`),
+  is the sinusoidal embedding of c_noise at the full width, with no parameters; "mlp", rrcm's
+  earlier one, is a `time_embed_dim`-wide sinusoid through Linear–SiLU–Linear, which at
+  initialisation carries ~20× less signal about σ (RMS 0.03 against 0.71).
+- The attention's qkv projection has no bias (`qkv_bias=False`, the authors'; True is rrcm's earlier
+  model) and the cls token starts at N(0, 10⁻⁶²), as theirs.
+- The pre-training feature is the cls token after the final LayerNorm. The classifier's head reads
+  the cls token before it (`feature_norm=False`, the authors' CIFAR-10 fine-tuning, `layernorm=False`)
+  or after it (`feature_norm=True`, their ImageNet fine-tuning and rrcm's earlier model).
 - `RRCMClassifier` is the base classifier that gets certified: it takes pixels in [0, 1] (possibly
   carrying smoothing noise σ_RS), maps them to [-1, 1] with the fixed normalisation mean = std = 0.5
   (so the noise becomes 2·σ_RS), runs the encoder at a fixed `condition_sigma` and a linear head.
 - `Projector` is the MoCo-v3-style MLP used only during pre-training and discarded afterwards.
 
-Deviations from the authors' code (jiachenlei/rRCM), all deliberate: the attention projections
-carry biases (the project's shared `Block`), and the time token goes through an MLP from a
-`time_embed_dim`-wide sinusoid (theirs is a `width`-wide sinusoid with no MLP by default).
+Checkpoints written before `time_token`, `qkv_bias` and `feature_norm` existed lack those keys; they
+describe the earlier model, and `rrcm.checkpoint` reads them so (`RRCM_VIT_LEGACY`).
 """
 
 from __future__ import annotations
@@ -33,12 +39,17 @@ from .normalize import Normalize
 from .registry import model_config
 from .vit import INIT_STD, Block, default_patch_size, init_linear_like
 
-__all__ = ["TimeConditionedViT", "Projector", "RRCMClassifier", "RRCM_VIT_SIZES", "SIZE_KEYS",
-           "SIGMA_DATA", "encoder_from_config", "prepare_rrcm_vit_config", "sinusoidal_embedding"]
+__all__ = ["TimeConditionedViT", "Projector", "RRCMClassifier", "RRCM_VIT_SIZES", "SIZE_KEYS", "TIME_TOKENS",
+           "RRCM_VIT_LEGACY", "SIGMA_DATA", "encoder_from_config", "prepare_rrcm_vit_config", "sinusoidal_embedding"]
 
 SIGMA_DATA = 0.5          # EDM's σ_data for images in [-1, 1]
 PIXEL_MEAN_STD = 0.5      # (x - 0.5) / 0.5 = 2x - 1 maps [0, 1] pixels to the diffusion's [-1, 1]
 MAX_PERIOD = 10_000.0     # lowest frequency of the sinusoidal embedding is 1 / MAX_PERIOD
+CLS_INIT_STD = 1e-6       # the authors' cls-token initialisation, N(0, 1e-6²)
+TIME_TOKENS = ("sinusoid", "mlp")
+# The values that keys added to "rrcm_vit" after its first release had before they existed: a config
+# saved without them (an older checkpoint) describes this model.
+RRCM_VIT_LEGACY = {"time_token": "mlp", "qkv_bias": True, "feature_norm": True}
 
 # Size presets. `patch_size` None means "by image size" (vit.default_patch_size: 2 up to 16 px,
 # 4 up to 64 px, 16 above). `projector_hidden` is the pre-training projector's hidden width; it is
@@ -122,8 +133,10 @@ class TimeConditionedViT(nn.Module):
 
     def __init__(self, image_size: int, patch_size: int, in_channels: int, width: int, depth: int,
                  heads: int, mlp_ratio: float = 4.0, time_embed_dim: int = 256,
-                 sigma_data: float = SIGMA_DATA):
+                 sigma_data: float = SIGMA_DATA, time_token: str = "sinusoid", qkv_bias: bool = False):
         super().__init__()
+        if time_token not in TIME_TOKENS:
+            raise ValueError(f"time_vit: 'time_token' must be one of {', '.join(TIME_TOKENS)}, got {time_token!r}")
         if image_size % patch_size != 0:
             raise ValueError(f"time_vit: 'patch_size' ({patch_size}) must divide 'image_size' ({image_size})")
         if time_embed_dim < 2:
@@ -136,15 +149,21 @@ class TimeConditionedViT(nn.Module):
         self.width = width
         self.depth = depth
         self.time_embed_dim = time_embed_dim
+        self.time_token_kind = time_token
         self.sigma_data = float(sigma_data)
         self.num_patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.time_embed = nn.Sequential(nn.Linear(time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
+        # "sinusoid" has no parameters: the embedding of c_noise is the token
+        self.time_embed = (nn.Sequential(nn.Linear(time_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
+                           if time_token == "mlp" else None)
         self.pos_embed = nn.Parameter(torch.zeros(1, 2 + self.num_patches, width))  # cls, time, patches
-        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, qkv_bias) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
-        nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
+        if time_token == "mlp":  # the earlier model, initialised as it was
+            nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
+        else:
+            nn.init.normal_(self.cls_token, std=CLS_INIT_STD)
         nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
         init_linear_like(self)
 
@@ -157,8 +176,11 @@ class TimeConditionedViT(nn.Module):
         return 2 + self.num_patches
 
     def time_token(self, sigma: Any, batch: int, device: torch.device | str) -> torch.Tensor:
-        """The time token MLP(sinusoid(c_noise(σ))), shaped (B, width), before the position embedding."""
+        """The time token, shaped (B, width) in float32 or the MLP's dtype, before the position embedding:
+        sinusoid(c_noise(σ)) at the full width ("sinusoid"), or MLP(sinusoid(c_noise(σ))) ("mlp")."""
         s = _sigma_vector(sigma, batch, torch.device(device))
+        if self.time_embed is None:
+            return sinusoidal_embedding(_c_noise(s), self.width)
         emb = sinusoidal_embedding(_c_noise(s), self.time_embed_dim)
         # match a model cast to half precision; under autocast the Linear picks its own dtype
         return self.time_embed(emb.to(self.time_embed[0].weight.dtype))
@@ -175,27 +197,29 @@ class TimeConditionedViT(nn.Module):
         return torch.cat([cls, time, patches], dim=1) + self.pos_embed
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Run the transformer blocks and the final LayerNorm over a token sequence."""
+        """Run the transformer blocks over a token sequence (the final LayerNorm is not applied)."""
         for block in self.blocks:
             tokens = block(tokens)
-        return self.norm(tokens)
+        return tokens
 
-    def features(self, z: torch.Tensor, sigma: Any) -> torch.Tensor:
-        """Noisy images z in [-1, 1] (B, C, H, W) at noise level σ -> the cls feature h (B, width)."""
+    def cls_output(self, z: torch.Tensor, sigma: Any) -> torch.Tensor:
+        """Noisy images z in [-1, 1] (B, C, H, W) at noise level σ -> the last block's cls token (B, width)."""
         if z.dim() != 4:
             raise ValueError(f"time_vit: expected images shaped (B, C, H, W), got {tuple(z.shape)}")
         scale = _c_in(_sigma_vector(sigma, z.shape[0], z.device), self.sigma_data)
         z_scaled = z * scale.to(z.dtype).view(-1, 1, 1, 1)
         return self.encode(self.embed(z_scaled, sigma))[:, 0]
 
+    def features(self, z: torch.Tensor, sigma: Any) -> torch.Tensor:
+        """The pre-training feature h (B, width): the cls token after the final LayerNorm."""
+        return self.norm(self.cls_output(z, sigma))
+
     def forward(self, z: torch.Tensor, sigma: Any) -> torch.Tensor:
         return self.features(z, sigma)
 
-    # ---- for optimisers (the training engine's parameter groups find layers by name: train.engine.layer_id)
-
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names usually exempt from weight decay besides biases and norms."""
-        return {"cls_token", "pos_embed"}
+    # The training engine's parameter groups find layers by name (train.engine.layer_id). cls_token and
+    # pos_embed take weight decay like any matrix: the authors' fine-tuning names them exempt, but matches
+    # the names without the model's prefix, so in their runs they are decayed too.
 
 
 class Projector(nn.Sequential):
@@ -226,7 +250,8 @@ class RRCMClassifier(nn.Module):
     a pre-trained encoder's state dict loads into `classifier.encoder` as is.
     """
 
-    def __init__(self, encoder: TimeConditionedViT, num_classes: int, condition_sigma: float = 0.5):
+    def __init__(self, encoder: TimeConditionedViT, num_classes: int, condition_sigma: float = 0.5,
+                 feature_norm: bool = False):
         super().__init__()
         if not (math.isfinite(condition_sigma) and condition_sigma > 0):
             raise ValueError(f"rrcm_vit: 'condition_sigma' must be finite and positive, got {condition_sigma}")
@@ -237,20 +262,29 @@ class RRCMClassifier(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=INIT_STD)
         nn.init.zeros_(self.head.bias)
         self.condition_sigma = float(condition_sigma)
+        self.feature_norm = bool(feature_norm)
+        if not self.feature_norm:
+            # kept so that a pre-trained encoder's state dict loads as is; frozen, as it is not used
+            for p in encoder.norm.parameters():
+                p.requires_grad_(False)
 
     @property
     def feature_dim(self) -> int:
         return self.encoder.width
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels (B, C, H, W) -> the cls feature h (B, width) at `condition_sigma`."""
-        return self.encoder(self.normalize(x), self.condition_sigma)
+        """[0, 1] pixels (B, C, H, W) -> the head's input (B, width) at `condition_sigma`: the cls
+        token, after the encoder's final LayerNorm if `feature_norm`."""
+        z = self.normalize(x)
+        if self.feature_norm:
+            return self.encoder.features(z, self.condition_sigma)
+        return self.encoder.cls_output(z, self.condition_sigma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
     def extra_repr(self) -> str:
-        return f"condition_sigma={self.condition_sigma}"
+        return f"condition_sigma={self.condition_sigma}, feature_norm={self.feature_norm}"
 
 
 # ---- registry support (rrcm.models registers the "rrcm_vit" arch with these)
@@ -286,17 +320,22 @@ def rrcm_vit_defaults(cfg: Mapping[str, Any]) -> dict:
     tiny = RRCM_VIT_SIZES["tiny"]
     return {"patch_size": default_patch_size(cfg["image_size"]), "width": tiny["width"],
             "depth": tiny["depth"], "heads": tiny["heads"], "mlp_ratio": 4.0, "time_embed_dim": 256,
-            "condition_sigma": 0.5, "sigma_data": SIGMA_DATA}
+            "condition_sigma": 0.5, "sigma_data": SIGMA_DATA, "time_token": "sinusoid", "qkv_bias": False,
+            "feature_norm": False}
+
+
+ENCODER_KEYS = ("image_size", "patch_size", "in_channels", "width", "depth", "heads", "mlp_ratio",
+                "time_embed_dim", "sigma_data", "time_token", "qkv_bias")
 
 
 def _encoder_kwargs(cfg: Mapping[str, Any]) -> dict:
-    return {k: cfg[k] for k in ("image_size", "patch_size", "in_channels", "width", "depth", "heads",
-                                "mlp_ratio", "time_embed_dim", "sigma_data")}
+    return {k: cfg[k] for k in ENCODER_KEYS}
 
 
 def build_rrcm_classifier(cfg: Mapping[str, Any]) -> RRCMClassifier:
     """Build from a resolved "rrcm_vit" config (use `rrcm.models.build_model` for any other)."""
-    return RRCMClassifier(TimeConditionedViT(**_encoder_kwargs(cfg)), cfg["num_classes"], cfg["condition_sigma"])
+    return RRCMClassifier(TimeConditionedViT(**_encoder_kwargs(cfg)), cfg["num_classes"], cfg["condition_sigma"],
+                          cfg["feature_norm"])
 
 
 def encoder_from_config(config: Mapping[str, Any]) -> TimeConditionedViT:

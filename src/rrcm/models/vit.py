@@ -31,12 +31,12 @@ def default_patch_size(image_size: int) -> int:
 class Attention(nn.Module):
     """Multi-head self-attention through `scaled_dot_product_attention` (fused kernels where available)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, qkv_bias: bool = True):
         super().__init__()
         if width % heads != 0:
             raise ValueError(f"vit: 'width' ({width}) must be divisible by 'heads' ({heads})")
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
+        self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,11 +49,11 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with GELU."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, qkv_bias: bool = True):
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 

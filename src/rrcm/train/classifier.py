@@ -74,7 +74,9 @@ def resolve_run_config(cfg: TrainConfig, info=None, *, ignore_class_names: bool 
                                 f"{info.image_size}²; fine-tune on the data it was pre-trained on")
             if not ignore_class_names:
                 check_class_names(recorded_class_names(encoder_config), info.classes, cfg.pretrained)
-            keep = ("patch_size", "width", "depth", "heads", "mlp_ratio")
+            # the encoder's structure is the pre-trained one's; the head's input (feature_norm) is fine-tuning's
+            keep = ("patch_size", "width", "depth", "heads", "mlp_ratio", "time_embed_dim", "sigma_data",
+                    "time_token", "qkv_bias")
             options = {**{k: pretrained_model[k] for k in keep if k in pretrained_model}, **options}
             extra["pretrained"] = {"path": cfg.pretrained, "data": encoder_config.get("data"),
                                    "steps_trained": encoder_config.get("steps_trained")}
