@@ -27,8 +27,8 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
     for method in ("rrcm", "vit-gaussian", "vit-consistency", "lenet-gaussian", "lenet-consistency", "dds"):
         for sigma in ("0.25", "0.5", "1"):
             assert f"certify:{method}-s{sigma}" in names
-    for ablation in ("no-trajectory", "no-instance", "short", "no-pretraining", "brief-finetune",
-                     "brief-finetune-no-pretraining", "brief-finetune-no-trajectory", "brief-finetune-no-instance"):
+    for ablation in ("no-pretraining", "brief-finetune", "brief-finetune-no-pretraining", "earlier-finetune", "earlier-ema",
+                     "earlier-instance", "earlier-curriculum"):
         assert f"certify:ablation-{ablation}-s0.5" in names
     for step in steps:
         if step.name.startswith("certify:"):
@@ -46,9 +46,37 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
     assert names.index("cost") > max(names.index(f"certify:dds-s{sigma}") for sigma in ("0.25", "0.5", "1"))
     brief = steps[names.index("ablation-brief-finetune-s0.5")].argv
     assert brief[brief.index("--epochs") + 1] == "3" and "--pretrained" in brief
-    for term in ("no-trajectory", "no-instance"):  # the 3-epoch term ablations start from that term's encoder
-        argv = steps[names.index(f"ablation-brief-finetune-{term}-s0.5")].argv
-        assert argv[argv.index("--pretrained") + 1].endswith(f"ablation-{term}-pretrain/encoder.safetensors")
+    # each of rrcm's earlier pre-training choices, one at a time, fine-tuned from its own encoder
+    earlier = {"earlier-ema": ["--ema-schedule", "sigmoid"], "earlier-curriculum": ["--curriculum", "equal-stages"],
+               "earlier-instance": ["--one-sided-instance", "--view-noise", "independent"]}
+    for name, options in earlier.items():
+        pretrain = steps[names.index(f"ablation-{name}-pretrain")].argv
+        assert pretrain[:3] == ["pretrain", "--preset", "mnist-rrcm-pretrain"]
+        assert pretrain[3:3 + len(options)] == options and "--steps" not in pretrain
+        argv = steps[names.index(f"ablation-{name}-s0.5")].argv
+        assert argv[argv.index("--pretrained") + 1].endswith(f"ablation-{name}-pretrain/encoder.safetensors")
+        assert "--epochs" not in argv  # the full 30-epoch fine-tuning, as rRCM's
+    argv = steps[names.index("ablation-earlier-finetune-s0.5")].argv  # rRCM's encoder, rrcm's earlier fine-tuning
+    assert argv[argv.index("--pretrained") + 1].endswith("/rrcm-pretrain/encoder.safetensors")
+    start = argv.index("--arch-option")
+    assert argv[start:start + 6] == ["--arch-option", "feature_norm=true", "--lr-schedule", "step", "--grad-clip", "3.0"]
+
+
+def test_a_training_whose_outputs_are_all_certified_is_not_run_again(study, tmp_path):
+    mnist, _ = study
+    steps = {s.name: s for s in mnist.build_steps(tmp_path, "/data/mnist")}
+    train, certify = steps["vit-gaussian-s0.5"], steps["certify:vit-gaussian-s0.5"]
+    assert train.consumers == [certify]
+    certify.log = tmp_path / "logs" / "vit-gaussian-s0.5.tsv"  # not the study's own log
+    assert not mnist.is_done(train)
+    certify.log.parent.mkdir()
+    certify.log.write_text("")
+    certify.log.with_name(certify.log.name + ".json").write_text(json.dumps({"complete": False}))
+    assert not mnist.is_done(train)  # its log is not finished: train it (or find its checkpoint)
+    certify.log.with_name(certify.log.name + ".json").write_text(json.dumps({"complete": True}))
+    assert mnist.is_done(train) and not train.done_file.exists()
+    # the pre-training is needed while any of its fine-tunings is
+    assert not mnist.is_done(steps["rrcm-pretrain"]) and steps["rrcm-s0.5"] in steps["rrcm-pretrain"].consumers
 
 
 def test_training_steps_resolve_with_the_cli(study, tmp_path, shared_dir, capsys):

@@ -60,7 +60,7 @@ def test_tiny_preset_learns(tmp_path):
     encoder = pretrain(cfg, tmp_path / "pre", progress=False)
     losses = [float(r["loss"]) for r in rows(tmp_path / "pre" / "metrics.csv")]
     assert losses[-1] < losses[0]
-    finetune = TrainConfig(data="digits", arch="rrcm_vit", method="consistency", sigma=0.25, epochs=4,
+    finetune = TrainConfig(data="digits", arch="rrcm_vit", method="consistency", sigma=0.25, epochs=8,
                            batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, layer_decay=0.8, lbd=1.0,
                            pretrained=str(encoder), device="cpu")
     checkpoint = train_classifier(finetune, tmp_path / "ft", progress=False)

@@ -84,3 +84,124 @@ def test_the_views_share_the_trajectory_noise_as_the_authors_do(view_noise):
     shared = torch.equal(batch["eps1"], batch["eps"]) and torch.equal(batch["eps2"], batch["eps"])
     assert shared == (view_noise == "shared")
     assert not torch.equal(batch["eps"][0], batch["eps"][1])
+
+
+# ---- fine-tuning as the authors do it (rrcm_tune.py and configs/*_finetune.py)
+
+def test_the_authors_per_epoch_schedule_by_hand():
+    from rrcm.train.schedule import epoch_warmup_cosine
+
+    # E = 10 epochs, W = 2 warm-up epochs: e / W up to W, then 0.5 (1 + cos(pi (e - W) / (E - W)))
+    expected = {0: 0.0, 1: 0.5, 2: 1.0, 3: 0.9619397662556434, 6: 0.5, 9: 0.03806023374435663}
+    for epoch, factor in expected.items():
+        assert epoch_warmup_cosine(0.3, epoch, 10, 2) == pytest.approx(0.3 * factor, rel=1e-12, abs=1e-15)
+    assert epoch_warmup_cosine(1.0, 0, 10, 0) == 1.0  # no warm-up: the cosine starts at its peak
+
+
+def test_finetuning_sets_the_rate_once_per_epoch_with_epoch_zero_at_zero(tmp_path):
+    import csv
+
+    from rrcm.train.classifier import train_classifier
+    from rrcm.train.config import TrainConfig
+    from rrcm.train.schedule import epoch_warmup_cosine
+
+    tiny = dict(data="digits", arch="lenet", sigma=0.25, epochs=4, batch_size=256, lr=0.05, warmup_epochs=2,
+                device="cpu")
+    for schedule in ("epoch", "step"):
+        train_classifier(TrainConfig(**tiny, lr_schedule=schedule), tmp_path / schedule, progress=False)
+    with open(tmp_path / "epoch" / "metrics.csv") as f:
+        per_epoch = [float(r["lr"]) for r in csv.DictReader(f)]
+    with open(tmp_path / "step" / "metrics.csv") as f:
+        per_step = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert per_epoch == [epoch_warmup_cosine(0.05, e, 4, 2) for e in range(4)]
+    assert per_epoch[0] == 0.0 and per_step[0] > 0  # rrcm's schedule warms up within the first epoch
+    with pytest.raises(Exception, match="unknown learning-rate schedule 'daily'; choose one of step, epoch"):
+        train_classifier(TrainConfig(**tiny, lr_schedule="daily"), tmp_path / "bad", progress=False)
+
+
+def test_rrcm_finetune_defaults_to_the_authors_choices():
+    from rrcm.cli import FINETUNE_DEFAULTS, load_preset
+
+    assert FINETUNE_DEFAULTS["lr_schedule"] == "epoch" and "grad_clip" not in FINETUNE_DEFAULTS  # no clipping
+    cifar, imagenet = load_preset("cifar10-b-finetune"), load_preset("imagenet-b-finetune")
+    assert (cifar["augmentation"], cifar["precision"], cifar["lr_schedule"]) == ("resized-crop-flip", "fp32", "epoch")
+    assert "feature_norm" not in cifar.get("arch_options", {})  # the model default: no LayerNorm before the head
+    assert (imagenet["augmentation"], imagenet["precision"]) == ("randaugment", "fp32")
+    assert imagenet["arch_options"] == {"feature_norm": True}
+    for name in ("imagenet-b-pretrain", "imagenet-s-pretrain"):
+        preset = load_preset(name)
+        assert (preset["encoder_init"], preset["freeze_patch_embed"]) == ("moco-v3", True)
+    assert "encoder_init" not in load_preset("cifar10-b-pretrain")
+
+
+def test_the_authors_cifar10_augmentation_is_a_resized_crop_and_a_flip():
+    import torch
+
+    from rrcm.data.augment import train_augment
+
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    strong = train_augment("cifar10", "resized-crop-flip")
+    a = strong(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, strong(x, torch.Generator().manual_seed(1))) and a.shape == x.shape
+    assert 0 <= a.min() and a.max() <= 1
+    # a crop of at least 40% of the area keeps most of each image's content: mean colour stays close,
+    # and no image is left untouched (a standard pad-crop moves pixels by whole steps, this resamples)
+    assert (a.mean((1, 2, 3)) - x.mean((1, 2, 3))).abs().max() < 0.1
+    assert all(not torch.equal(a[i], x[i]) and not torch.equal(a[i], x[i].flip(-1)) for i in range(64))
+    assert train_augment("mnist")(x, torch.Generator()) is x  # grey data keep their standard (none)
+    with pytest.raises(Exception, match="unknown augmentation 'heavy'"):
+        train_augment("cifar10", "heavy")
+
+
+def test_moco_v3_initialisation_and_the_frozen_patch_embedding(tmp_path):
+    import torch
+
+    from rrcm.models.time_vit import TimeConditionedViT, moco_v3_init
+    from rrcm.train.pretrain import pretrain
+    from tests.test_pretrain import small_pretrain
+
+    torch.manual_seed(0)
+    enc = TimeConditionedViT(image_size=16, patch_size=4, in_channels=3, width=48, depth=2, heads=4)
+    moco_v3_init(enc)
+    qkv = enc.blocks[0].attn.qkv.weight  # (3w, w): each of q, k, v is Xavier over (w, w)
+    bound = math.sqrt(6 / (48 + 48))
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.95 * bound
+    fc1 = enc.blocks[0].mlp[0].weight  # (4w, w)
+    assert fc1.abs().max() <= math.sqrt(6 / (48 + 192)) < bound
+    patch_bound = math.sqrt(6 / (3 * 16 + 48))
+    assert enc.patch_embed.weight.abs().max() <= patch_bound and torch.count_nonzero(enc.patch_embed.bias) == 0
+    assert torch.count_nonzero(enc.blocks[0].mlp[0].bias) == 0
+
+    from rrcm.checkpoint import load_weights
+    from rrcm.data import load_dataset
+    from rrcm.distributed import init_distributed
+    from rrcm.train.pretrain import PretrainTask, resolve_pretrain_config
+    from rrcm.smoothing.noise import derive_seed
+
+    cfg = small_pretrain(steps=3, encoder_init="moco-v3", freeze_patch_embed=True)
+    dataset = load_dataset("digits", "train")
+    torch.manual_seed(derive_seed(cfg.seed, 0))  # as the engine seeds the initial weights
+    initial = PretrainTask(cfg, dataset, resolve_pretrain_config(cfg, dataset.info)).build(init_distributed("cpu"))
+    assert not any(p.requires_grad for p in initial.encoder.patch_embed.parameters())
+    trained = load_weights(pretrain(cfg, tmp_path, progress=False))
+    assert torch.equal(trained["encoder.patch_embed.weight"], initial.encoder.patch_embed.weight)
+    assert not torch.equal(trained["encoder.blocks.0.attn.qkv.weight"], initial.encoder.blocks[0].attn.qkv.weight)
+
+
+def test_the_authors_imagenet_augmentation_is_crop_flip_then_randaugment(monkeypatch):
+    import torch
+
+    from rrcm.data import augment, randaugment
+    from rrcm.data.contrastive import random_resized_crop
+
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    transform = augment.train_augment("imagefolder", "randaugment")
+    out = transform(x, torch.Generator().manual_seed(2))
+    assert out.shape == x.shape and torch.equal(out, transform(x, torch.Generator().manual_seed(2)))
+    # RandAugment runs last, on timm's resized crop (scale 0.08-1) + flip, drawing from the same generator
+    seen = {}
+    monkeypatch.setattr(randaugment, "rand_augment", lambda y, g: seen.setdefault("x", y))
+    transform(x, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    expected = augment.random_hflip(random_resized_crop(x, g, scale=(0.08, 1.0)), g)
+    assert torch.equal(seen["x"], expected) and not torch.equal(out, expected)

@@ -86,6 +86,10 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--momentum": ("momentum", float, "SGD momentum (Nesterov)"),
     "--weight-decay": ("weight_decay", float, "weight decay (not on biases and norms)"),
     "--warmup-epochs": ("warmup_epochs", float, "linear warm-up length in epochs"),
+    "--lr-schedule": ("lr_schedule", str, "{lr_schedules}: the learning rate set every step, or once per epoch "
+                                          "(the rRCM authors' fine-tuning: epoch 0 at lr 0)"),
+    "--augmentation": ("augmentation", str, "{augmentations}: the data set's standard augmentation, the rRCM "
+                                            "authors' CIFAR-10 (resized crop 0.4-1 + flip) or ImageNet one"),
     "--num-noise": ("num_noise", int, "consistency: noisy copies per image (m)"),
     "--lbd": ("lbd", float, "consistency: weight λ of the KL term"),
     "--eta": ("eta", float, "consistency: weight η of the entropy term"),
@@ -101,10 +105,11 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, type, help)
     "--grad-clip": ("grad_clip", float, "clip the gradient norm at this value"),
 }
 
-# `rrcm finetune` is `rrcm train` with the rRCM fine-tuning defaults (flags and presets override them).
+# `rrcm finetune` is `rrcm train` with the rRCM fine-tuning defaults (flags and presets override them). As the
+# authors' fine-tuning: no gradient clipping, the learning rate set once per epoch.
 FINETUNE_DEFAULTS = {"arch": "rrcm_vit", "method": "consistency", "optimizer": "adamw", "lr": 5e-4,
                      "weight_decay": 0.05, "layer_decay": 0.65, "num_noise": 2, "lbd": 10.0, "eta": 0.5,
-                     "warmup_epochs": 1.0, "grad_clip": 3.0}
+                     "warmup_epochs": 1.0, "lr_schedule": "epoch"}
 
 PRETRAIN_FLAGS = {  # flag -> (PretrainConfig field, type, help)
     "--data": ("data", str, "data set: {datasets}"),
@@ -131,6 +136,8 @@ PRETRAIN_FLAGS = {  # flag -> (PretrainConfig field, type, help)
     "--trajectory-weight": ("trajectory_weight", float, "weight of the trajectory term (0: ablate it)"),
     "--instance-weight": ("instance_weight", float, "weight of the instance-discrimination term (0: ablate it)"),
     "--crop-scale-min": ("crop_scale_min", float, "smallest random-resized-crop area for the views"),
+    "--encoder-init": ("encoder_init", str, "{encoder_inits}: the encoder's initial weights (moco-v3: the authors' "
+                                            "ImageNet pre-training)"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "{devices}"),
     "--precision": ("precision", str, "{precisions} (autocast; fp16 with loss scaling)"),
@@ -145,16 +152,18 @@ def _registry_names() -> dict[str, str]:
     from .data import DATASETS
     from .distributed import DEVICE_CHOICES
     from .models import arch_names
-    from .train.engine import OPTIMIZERS, PRECISIONS
-    from .train.objectives import METHODS
+    from .data.augment import TRAIN_AUGMENTATIONS
     from .diffusion import CURRICULA
-    from .train.pretrain import EMA_SCHEDULES, TRAJECTORY_AUGMENTS, VIEW_NOISE
+    from .train.engine import LR_SCHEDULES, OPTIMIZERS, PRECISIONS
+    from .train.objectives import METHODS
+    from .train.pretrain import EMA_SCHEDULES, ENCODER_INITS, TRAJECTORY_AUGMENTS, VIEW_NOISE
 
     return {"datasets": _names(DATASETS), "archs": _names(arch_names(composite=False)), "methods": _names(METHODS),
             "optimizers": _names(OPTIMIZERS), "precisions": _names(PRECISIONS), "devices": DEVICE_CHOICES,
             "unet_sizes": _names(UNET_SIZES), "beta_schedules": _names(BETA_SCHEDULES),
             "ema_schedules": _names(EMA_SCHEDULES), "curricula": _names(CURRICULA), "view_noise": _names(VIEW_NOISE),
-            "trajectory_augments": _names(TRAJECTORY_AUGMENTS)}
+            "trajectory_augments": _names(TRAJECTORY_AUGMENTS), "lr_schedules": _names(LR_SCHEDULES),
+            "augmentations": _names(TRAIN_AUGMENTATIONS), "encoder_inits": _names(ENCODER_INITS)}
 
 
 def _add_flags(p, flags: dict) -> None:
@@ -199,6 +208,8 @@ def add_pretrain_parser(sub) -> None:
     p.add_argument("--clip-during-warmup", action="store_true",
                    help="rrcm's earlier clipping: from the first step (the authors' clip after warm-up only)")
     p.add_argument("--no-blur", action="store_true", help="no Gaussian blur in the views (tiny images)")
+    p.add_argument("--freeze-patch-embed", action="store_true",
+                   help="keep the patch embedding at its initial weights (the authors' ImageNet pre-training)")
     p.add_argument("--out", required=True, help="output folder (encoder.safetensors, config.json, metrics.csv)")
     p.set_defaults(run=run_pretrain)
 
@@ -249,6 +260,8 @@ def run_pretrain(args) -> int:
         values["clip_during_warmup"] = True
     if args.no_blur:
         values["blur"] = False
+    if args.freeze_patch_embed:
+        values["freeze_patch_embed"] = True
     cfg = PretrainConfig.from_dict(values)
 
     def resolve() -> dict:

@@ -57,13 +57,35 @@ def crop_and_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return random_hflip(random_crop(x, 4, generator), generator)
 
 
+def resized_crop_and_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The rRCM authors' CIFAR-10 fine-tuning ("strong"): RandomResizedCrop(scale 0.4-1) + random flip."""
+    from .contrastive import random_resized_crop
+
+    return random_hflip(random_resized_crop(x, generator, scale=(0.4, 1.0)), generator)
+
+
+def randaugment_crop_and_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The rRCM authors' ImageNet fine-tuning (timm's training transform with rand-m9-mstd0.5-inc1):
+    RandomResizedCrop(scale 0.08-1) + random flip + RandAugment."""
+    from .contrastive import random_resized_crop
+    from .randaugment import rand_augment
+
+    return rand_augment(random_hflip(random_resized_crop(x, generator), generator), generator)
+
+
 AUGMENTATIONS: dict[str, Augmentation] = {"identity": identity, "crop_and_flip": crop_and_flip}
+# what `TrainConfig.augmentation` names: "standard" is the data set's own (its entry in data.READERS)
+TRAIN_AUGMENTATIONS: dict[str, Augmentation | None] = {
+    "standard": None, "resized-crop-flip": resized_crop_and_flip, "randaugment": randaugment_crop_and_flip}
 
 
-def train_augment(name: str) -> Augmentation:
-    """The standard training augmentation `f(x, generator)` for dataset `name` (its entry in data.READERS)."""
+def train_augment(name: str, augmentation: str = "standard") -> Augmentation:
+    """The training augmentation `f(x, generator)` for dataset `name`: its standard one (its entry in
+    data.READERS), or the named `augmentation` of TRAIN_AUGMENTATIONS."""
     from . import READERS
 
     if name not in READERS:
         raise UserError(f"no training augmentation for dataset {name!r}: choose one of {', '.join(READERS)}")
-    return AUGMENTATIONS[READERS[name].augment]
+    if augmentation not in TRAIN_AUGMENTATIONS:
+        raise UserError(f"unknown augmentation {augmentation!r}; choose one of {', '.join(TRAIN_AUGMENTATIONS)}")
+    return TRAIN_AUGMENTATIONS[augmentation] or AUGMENTATIONS[READERS[name].augment]

@@ -39,7 +39,7 @@ from .normalize import Normalize
 from .registry import model_config
 from .vit import INIT_STD, Block, default_patch_size, init_linear_like
 
-__all__ = ["TimeConditionedViT", "Projector", "RRCMClassifier", "RRCM_VIT_SIZES", "SIZE_KEYS", "TIME_TOKENS",
+__all__ = ["TimeConditionedViT", "Projector", "moco_v3_init", "RRCMClassifier", "RRCM_VIT_SIZES", "SIZE_KEYS", "TIME_TOKENS",
            "RRCM_VIT_LEGACY", "SIGMA_DATA", "encoder_from_config", "prepare_rrcm_vit_config", "sinusoidal_embedding"]
 
 SIGMA_DATA = 0.5          # EDM's σ_data for images in [-1, 1]
@@ -220,6 +220,26 @@ class TimeConditionedViT(nn.Module):
     # The training engine's parameter groups find layers by name (train.engine.layer_id). cls_token and
     # pos_embed take weight decay like any matrix: the authors' fine-tuning names them exempt, but matches
     # the names without the model's prefix, so in their runs they are decayed too.
+
+
+def moco_v3_init(encoder: TimeConditionedViT) -> None:
+    """MoCo v3's ViT initialisation, which the rRCM authors use for ImageNet pre-training: Xavier-uniform
+    Linear weights, with q, k and v each treated as its own matrix; the patch embedding Xavier-uniform
+    over its fan-in (channels × patch area) and fan-out; zero biases. Norms, cls token, positions and
+    the time token are left as they are."""
+    for name, m in encoder.named_modules():
+        if isinstance(m, nn.Linear):
+            if name.endswith("qkv"):
+                bound = math.sqrt(6.0 / (m.weight.shape[0] // 3 + m.weight.shape[1]))
+                nn.init.uniform_(m.weight, -bound, bound)
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    conv = encoder.patch_embed
+    bound = math.sqrt(6.0 / (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] + conv.out_channels))
+    nn.init.uniform_(conv.weight, -bound, bound)
+    nn.init.zeros_(conv.bias)
 
 
 class Projector(nn.Sequential):

@@ -45,7 +45,7 @@ def engine_settings(cfg: TrainConfig, num_examples: int) -> engine.EngineSetting
         seed=cfg.seed, total_steps=per_epoch * cfg.epochs, batch_size=cfg.batch_size, drop_last=False, lr=cfg.lr,
         warmup_steps=int(cfg.warmup_epochs * per_epoch), log_every=per_epoch,
         checkpoint_every=cfg.checkpoint_every * per_epoch, optimizer=cfg.optimizer, momentum=cfg.momentum,
-        grad_clip=cfg.grad_clip, precision=cfg.precision, gradient_sync="ddp")
+        grad_clip=cfg.grad_clip, precision=cfg.precision, gradient_sync="ddp", lr_schedule=cfg.lr_schedule)
 
 
 def resolve_run_config(cfg: TrainConfig, info=None, *, ignore_class_names: bool = False) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class ClassifierTask(engine.Task):
         self.num_examples = len(dataset)
         self.settings = engine_settings(cfg, self.num_examples)
         self.objective = OBJECTIVES[cfg.method](cfg)
-        self.augment = train_augment(cfg.data) if cfg.augment else None
+        self.augment = train_augment(cfg.data, cfg.augmentation) if cfg.augment else None
         self.mixes = cfg.mixup > 0 or cfg.cutmix > 0 or cfg.label_smoothing > 0
 
     def build(self, ctx: DistContext) -> torch.nn.Module:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
-from .engine import OPTIMIZERS, check_precision
+from ..data.augment import TRAIN_AUGMENTATIONS
+from .engine import LR_SCHEDULES, OPTIMIZERS, check_precision
 from .objectives import METHODS
 
 
@@ -37,10 +38,12 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
+    lr_schedule: str = "step"  # step | epoch (the rRCM authors' fine-tuning: set once per epoch, epoch 0 at lr 0)
     num_noise: int = 2  # consistency: noisy copies per image (m)
     lbd: float = 10.0  # consistency: weight of the KL term (λ)
     eta: float = 0.5  # consistency: weight of the entropy term (η)
-    augment: bool = True  # the data set's standard augmentation (crop + flip for colour images)
+    augment: bool = True  # False: no augmentation at all
+    augmentation: str = "standard"  # standard (the data set's: crop + flip for colour images) | resized-crop-flip | randaugment
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
@@ -68,6 +71,10 @@ class TrainConfig:
             raise UserError(f"sigma must be a positive number, got {self.sigma}; use e.g. --sigma 0.25")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if self.augmentation not in TRAIN_AUGMENTATIONS:
+            raise UserError(f"unknown augmentation {self.augmentation!r}; choose one of {', '.join(TRAIN_AUGMENTATIONS)}")
         check_precision(self.precision)
         for name in ("epochs", "batch_size", "num_noise", "checkpoint_every"):
             if getattr(self, name) < 1:

@@ -40,11 +40,12 @@ from ..fileio import check_output_folder, write_json_atomic
 from ..smoothing.noise import derive_seed
 from .contrastive import average_gradients
 from .outputs import CONFIG_FILE, check_resumable, write_metrics
-from .schedule import warmup_cosine
+from .schedule import epoch_warmup_cosine, warmup_cosine
 
 STATE_FILE = "train_state.safetensors"
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("step", "epoch")
 ORDER_STREAM, DROPOUT_STREAM = 3, 21  # the engine's own generator streams; tasks use others
 
 
@@ -76,6 +77,9 @@ class EngineSettings:
     clip_from_step: int = 0  # no clipping before this step (the rRCM authors clip only after warm-up)
     precision: str = "fp32"
     gradient_sync: str = "ddp"  # "ddp" | "all_reduce"
+    # "step": warm-up and cosine per step; "epoch": the rRCM authors' fine-tuning, the rate set once per
+    # pass over the data (warm-up and length in passes: warmup_steps and total_steps over the pass length)
+    lr_schedule: str = "step"
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,11 @@ class _Run:
 
     def train_step(self, autocast) -> float:
         step, s = self.step, self.s
-        lr = warmup_cosine(s.lr, step, s.total_steps, s.warmup_steps)
+        if s.lr_schedule == "epoch":
+            lr = epoch_warmup_cosine(s.lr, step // self.per_epoch, s.total_steps / self.per_epoch,
+                                     s.warmup_steps / self.per_epoch)
+        else:
+            lr = warmup_cosine(s.lr, step, s.total_steps, s.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         torch.manual_seed(derive_seed(s.seed, DROPOUT_STREAM, step, self.ctx.rank))

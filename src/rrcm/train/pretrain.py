@@ -32,7 +32,7 @@ from ..data.contrastive import two_views
 from ..distributed import DistContext, init_distributed
 from ..errors import UserError
 from ..models import count_parameters, model_config
-from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config
+from ..models.time_vit import Projector, TimeConditionedViT, encoder_from_config, moco_v3_init
 from . import engine
 from .config import config_from_dict
 from .contrastive import EMA_SCHEDULES, EMATarget, convert_to_global_batchnorm, ema_momentum, info_nce
@@ -44,6 +44,7 @@ METRIC_COLUMNS = ("step", "num_points", "lr", "ema", "loss", "trajectory", "inst
 BATCH_STREAM, GRID_STREAM = 10, 11  # generator streams of a step (engine.StepContext.generator)
 VIEW_NOISE = ("shared", "independent")
 TRAJECTORY_AUGMENTS = ("flip", "standard")
+ENCODER_INITS = ("vit", "moco-v3")
 
 
 @dataclass
@@ -73,6 +74,10 @@ class PretrainConfig:
     instance_weight: float = 1.0  # 0 disables the term (ablation)
     crop_scale_min: float = 0.08
     blur: bool = True
+    # The authors' ImageNet pre-training: MoCo v3's initialisation and the patch embedding frozen at it
+    # (their CIFAR-10 one: neither). "vit" is trunc-normal(0.02) weights (see the note in time_vit).
+    encoder_init: str = "vit"  # vit | moco-v3
+    freeze_patch_embed: bool = False
     curriculum: str = "rrcm"  # rrcm (the authors': 43% of steps on 41 points, 57% on 81) | equal-stages
     curriculum_start: int = diffusion.CURRICULUM_START
     curriculum_end: int = diffusion.CURRICULUM_END
@@ -102,7 +107,8 @@ class PretrainConfig:
             raise UserError("learning rate and temperature must be positive")
         choices = {"ema_schedule": ("EMA schedule", EMA_SCHEDULES), "curriculum": ("curriculum", diffusion.CURRICULA),
                    "view_noise": ("view noise", VIEW_NOISE),
-                   "trajectory_augment": ("trajectory augmentation", TRAJECTORY_AUGMENTS)}
+                   "trajectory_augment": ("trajectory augmentation", TRAJECTORY_AUGMENTS),
+                   "encoder_init": ("encoder initialisation", ENCODER_INITS)}
         for name, (what, allowed) in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown {what} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -209,6 +215,10 @@ class PretrainTask(engine.Task):
     def build(self, ctx: DistContext) -> torch.nn.Module:
         cfg = self.cfg
         encoder = encoder_from_config(self.run_config["model"])
+        if cfg.encoder_init == "moco-v3":
+            moco_v3_init(encoder)
+        if cfg.freeze_patch_embed:
+            encoder.patch_embed.requires_grad_(False)
         model = ContrastiveDenoiser(encoder, self.run_config["model"]["width"], cfg.projector_hidden, cfg.projector_dim)
         if ctx.enabled:
             convert_to_global_batchnorm(model)
