@@ -129,6 +129,11 @@ def build_steps(runs: Path, data_root: str) -> list[Step]:
                                "--checkpoint", f"ViT={runs / 'rrcm-s0.25' / 'model.safetensors'}",
                                "--checkpoint", f"DDS={runs / 'dds-s0.25.safetensors'}"],
                       RESULTS / "cost.json"))
+    # the inference cost of the authors' encoder (the "cost" step above measured rrcm's earlier one)
+    steps.append(Step("cost-rrcm", ["bench", "cost", "--no-paper", "--batch-size", "1000", "--precision", "bf16",
+                                    "--repeats", "5", "--quiet", "--json", str(RESULTS / "cost_rrcm.json"),
+                                    "--checkpoint", f"rRCM={runs / 'rrcm-s0.25' / 'model.safetensors'}"],
+                      RESULTS / "cost_rrcm.json"))
     # the other ablations at the same sigma: both fine-tunings (pre-trained, from scratch) for 3 epochs instead
     # of 30, which shows whether pre-training gives a head start that long fine-tuning hides; then each of the
     # authors' pre-training choices that rrcm used to make otherwise (issue 16's departures 1-3), put back

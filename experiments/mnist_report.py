@@ -31,7 +31,7 @@ SIGMAS = ("0.25", "0.5", "1")
 RADII = ",".join(f"{0.25 * i:g}" for i in range(11))  # 0, 0.25, ..., 2.5
 # (label, log name pattern, training runs whose time it took, cost-table key)
 METHODS = (
-    ("rRCM", "rrcm-s{}", ("rrcm-pretrain", "rrcm-s{}"), "ViT"),
+    ("rRCM", "rrcm-s{}", ("rrcm-pretrain", "rrcm-s{}"), "rRCM"),
     ("Consistency, ViT", "vit-consistency-s{}", ("vit-consistency-s{}",), "ViT"),
     ("Gaussian, ViT", "vit-gaussian-s{}", ("vit-gaussian-s{}",), "ViT"),
     ("Consistency, LeNet", "lenet-consistency-s{}", ("lenet-consistency-s{}",), "LeNet"),
@@ -46,23 +46,33 @@ PUBLISHED_METHODS = (  # the published logs: LeNet trained on all 60,000 images,
       "0.5": "consistency/cohen/num_2/lbd_5.0/eta_0.5/noise_0.50_1",
       "1": "consistency/cohen/num_2/lbd_5.0/eta_0.5/noise_1.00_0"}),
 )
-ABLATIONS = (  # at sigma = 0.5
-    ("rRCM (full pre-training: 3,000 steps, both terms)", "rrcm-s0.5"),
-    ("no trajectory term", "ablation-no-trajectory-s0.5"),
-    ("no instance term", "ablation-no-instance-s0.5"),
-    ("short pre-training (750 steps)", "ablation-short-s0.5"),
+BRIEF_FINETUNE = "ablation-brief-finetune-s0.5"  # the 3-epoch ablations are compared with this run
+EARLIER = "earlier-recipe/"  # logs (and training times) of rRCM trained with rrcm's earlier recipe
+ABLATIONS = (  # at sigma = 0.5, the authors' recipe
+    ("rRCM (the authors' recipe)", "rrcm-s0.5"),
     ("no pre-training", "ablation-no-pretraining-s0.5"),
+    ("rrcm's earlier fine-tuning (LayerNorm before the head, lr per step, clipping 3)",
+     "ablation-earlier-finetune-s0.5"),
+    ("rrcm's earlier EMA schedule (logistic at half of training)", "ablation-earlier-ema-s0.5"),
+    ("rrcm's earlier instance term (one direction, its own noise)", "ablation-earlier-instance-s0.5"),
+    ("rrcm's earlier curriculum (a third of the steps on each grid)", "ablation-earlier-curriculum-s0.5"),
     ("3 fine-tuning epochs (instead of 30)", "ablation-brief-finetune-s0.5"),
     ("3 fine-tuning epochs, no pre-training", "ablation-brief-finetune-no-pretraining-s0.5"),
-    ("3 fine-tuning epochs, no trajectory term", "ablation-brief-finetune-no-trajectory-s0.5"),
-    ("3 fine-tuning epochs, no instance term", "ablation-brief-finetune-no-instance-s0.5"),
 )
-# the 3-epoch fine-tunings are compared with the 3-epoch fine-tuning of full rRCM (where the head start shows),
-# the other ablations with full rRCM
-BRIEF_FINETUNE = "ablation-brief-finetune-s0.5"
+EARLIER_ABLATIONS = (  # the same at sigma = 0.5 with rrcm's earlier recipe (results/mnist/logs/earlier-recipe/)
+    ("rRCM, earlier recipe (full pre-training: 3,000 steps, both terms)", EARLIER + "rrcm-s0.5"),
+    ("no trajectory term", EARLIER + "ablation-no-trajectory-s0.5"),
+    ("no instance term", EARLIER + "ablation-no-instance-s0.5"),
+    ("short pre-training (750 steps)", EARLIER + "ablation-short-s0.5"),
+    ("no pre-training", EARLIER + "ablation-no-pretraining-s0.5"),
+    ("3 fine-tuning epochs (instead of 30)", EARLIER + "ablation-brief-finetune-s0.5"),
+    ("3 fine-tuning epochs, no pre-training", EARLIER + "ablation-brief-finetune-no-pretraining-s0.5"),
+    ("3 fine-tuning epochs, no trajectory term", EARLIER + "ablation-brief-finetune-no-trajectory-s0.5"),
+    ("3 fine-tuning epochs, no instance term", EARLIER + "ablation-brief-finetune-no-instance-s0.5"),
+)
 TRAINING_RUNS = ("rrcm-pretrain", "denoiser", "vit-clean", *(
     f"{name}-s{s}" for name in ("rrcm", "vit-consistency", "vit-gaussian", "lenet-consistency", "lenet-gaussian")
-    for s in SIGMAS), *(f"ablation-{a}-pretrain" for a in ("no-trajectory", "no-instance", "short")),
+    for s in SIGMAS), *(f"ablation-{a}-pretrain" for a in ("earlier-ema", "earlier-instance", "earlier-curriculum")),
     *(name for _, name in ABLATIONS[1:]))
 
 
@@ -176,9 +186,12 @@ def per_sigma_block() -> str:
     for sigma in SIGMAS:
         items = [f"{label}={log_path(pattern.format(sigma))}" for label, pattern, _, _ in METHODS[:-1]
                  if is_complete(pattern.format(sigma))]
+        earlier = f"{EARLIER}rrcm-s{sigma}"  # rrcm's earlier recipe (see the discussion)
+        if is_complete(earlier):
+            items.insert(1, f"rRCM, earlier recipe={log_path(earlier)}")
         first = f"first-recipe/rrcm-s{sigma}"  # the recipe rRCM was first run with (see the discussion)
         if is_complete(first):
-            items.insert(1, f"rRCM, first recipe={log_path(first)}")
+            items.insert(2, f"rRCM, first recipe={log_path(first)}")
         block.text(f"**σ = {sigma}**", "")
         if items:
             block.report(f"sigma{sigma}", items, "--no-envelope", plot=f"mnist_sigma{sigma}.png",
@@ -204,24 +217,48 @@ def dds_block() -> str:
     return block.render()
 
 
-def ablation_block() -> str:
-    block, items, missing = Block(), [], []
-    for label, name in ABLATIONS:
+def _ablation_table(block: Block, ablations, table: str, plot: str, title: str, short_run: str) -> None:
+    """The certification table of one set of ablations and their paired differences with the full run (those
+    fine-tuned for 3 epochs with the full pre-training's 3-epoch fine-tuning, where the head start shows)."""
+    items, missing = [], []
+    for label, name in ablations:
         (items if is_complete(name) else missing).append(f"{label}={log_path(name)}" if is_complete(name) else label)
     block.text(*missing_note(missing))
     if items:
-        block.report("ablations", items, "--no-envelope", plot="mnist_ablations.png",
-                     title="MNIST rRCM ablations, σ = 0.5 (500 test images)")
-    (_, full), *ablated = ABLATIONS
-    brief = [(label, name) for label, name in ablated if name.startswith("ablation-brief-finetune-")]
-    pairs = [("0.5", "rRCM", full, label, name, 1) for label, name in ablated if (label, name) not in brief]
-    pairs += [("0.5", "rRCM, 3 epochs", BRIEF_FINETUNE, label, name, 1)
-              for label, name in brief if name != BRIEF_FINETUNE]
+        block.report(table, items, "--no-envelope", plot=plot, title=title)
+    (full_label, full), *ablated = ablations
+    brief = [(label, name) for label, name in ablated if "brief-finetune-" in name]
+    pairs = [("0.5", full_label.split(" (")[0], full, label, name, 1) for label, name in ablated
+             if (label, name) not in brief]
+    pairs += [("0.5", f"{full_label.split(' (')[0]}, 3 epochs", short_run, label, name, 1)
+              for label, name in brief if name != short_run]
     lines = difference_table(pairs)
     if lines:
-        block.text("What each part of pre-training is worth: full rRCM minus each ablation (30 fine-tuning epochs), "
-                   "and rRCM fine-tuned for 3 epochs minus each ablation fine-tuned for 3 epochs; paired.", "",
-                   *lines, "", DIFFERENCE_NOTE)
+        block.text("Full rRCM minus each ablation (30 fine-tuning epochs), and rRCM fine-tuned for 3 epochs minus "
+                   "each ablation fine-tuned for 3 epochs; paired.", "", *lines, "", DIFFERENCE_NOTE, "")
+
+
+def ablation_block() -> str:
+    block = Block()
+    _ablation_table(block, ABLATIONS, "ablations", "mnist_ablations.png",
+                    "MNIST rRCM ablations, σ = 0.5 (500 test images)", BRIEF_FINETUNE)
+    return block.render()
+
+
+def earlier_recipe_block() -> str:
+    """rRCM with the authors' recipe against rRCM with rrcm's earlier one, paired per σ, and the earlier
+    recipe's own ablations."""
+    block = Block()
+    rows = [(sigma, "rRCM", f"rrcm-s{sigma}", "rRCM, earlier recipe", f"{EARLIER}rrcm-s{sigma}", 1)
+            for sigma in SIGMAS]
+    rows += [("0.5", "rRCM, 3 epochs", BRIEF_FINETUNE, "rRCM, earlier recipe, 3 epochs", EARLIER + BRIEF_FINETUNE, 1),
+             ("0.5", "no pre-training", "ablation-no-pretraining-s0.5", "no pre-training, earlier recipe",
+              EARLIER + "ablation-no-pretraining-s0.5", 1)]
+    lines = difference_table(rows)
+    block.text(*(lines + ["", DIFFERENCE_NOTE, ""] if lines else ["(the authors' recipe is not yet certified)", ""]))
+    block.text("The earlier recipe's ablations (σ = 0.5):", "")
+    _ablation_table(block, EARLIER_ABLATIONS, "ablations_earlier_recipe", "mnist_ablations_earlier_recipe.png",
+                    "MNIST rRCM ablations, earlier recipe, σ = 0.5 (500 test images)", EARLIER + BRIEF_FINETUNE)
     return block.render()
 
 
@@ -302,14 +339,16 @@ def claims_block() -> str:
 def cost_block(training: dict) -> str:
     cost_path = RESULTS / "cost.json"
     costs = {}
-    if cost_path.exists():
-        for row in json.loads(cost_path.read_text())["classifiers"]:
-            costs[row["label"]] = row
+    for path in (cost_path, RESULTS / "cost_rrcm.json"):  # the second: the authors' encoder, labelled rRCM
+        if path.exists():
+            for row in json.loads(path.read_text())["classifiers"]:
+                costs[row["label"]] = row
     lines = ["| method | σ | training (min) | params | MFLOPs / noise sample | bf16 µs / noise sample "
              "| certification s / image |", "|:---|---:|---:|---:|---:|---:|---:|"]
     from rrcm.certlog import read_log
 
-    for label, pattern, runs, cost_key in METHODS:
+    earlier = ("rRCM, earlier recipe", EARLIER + "rrcm-s{}", (EARLIER + "rrcm-pretrain", EARLIER + "rrcm-s{}"), "ViT")
+    for label, pattern, runs, cost_key in (METHODS[0], earlier, *METHODS[1:]):
         for sigma in SIGMAS:
             name = pattern.format(sigma)
             minutes = [training.get(run.format(sigma), {}).get("seconds") for run in runs]
@@ -323,13 +362,15 @@ def cost_block(training: dict) -> str:
     notes = ["", "Training time: sum of the epochs' (pre-training: the logging windows') wall time in each run's "
              "metrics.csv; `a + b` = pre-training (rRCM, shared by the three σ) or denoiser (DDS, shared) + "
              "fine-tuning / classifier. Params, FLOPs and µs per noise sample: `rrcm bench cost` on one checkpoint "
-             "of each kind (rRCM and the ViT baselines share the backbone); FLOPs count matrix products, "
-             "convolutions and attention. Certification s / image: the mean of the logs' `time` column "
+             "of each kind (rRCM: its σ = 0.25 model; the other ViTs: the earlier recipe's rRCM at σ = 0.25, whose "
+             "backbone they share: the authors' encoder drops the time MLP and the qkv biases); FLOPs count "
+             "matrix products, convolutions and attention. Certification s / image: the mean of the logs' `time` column "
              "(n0 + n = 10,100 noise samples, bf16, batch 1000 (DDS: 500), 2 threads)."]
-    if cost_path.exists():
-        meta = json.loads(cost_path.read_text())["meta"]
-        notes.append(f"Cost measured {meta['date'][:10]} on {meta['cpu']}, {meta['torch_threads']} threads, "
-                     f"torch {meta['torch']}.")
+    for path, what in ((cost_path, "Cost"), (RESULTS / "cost_rrcm.json", "rRCM's cost")):
+        if path.exists():
+            meta = json.loads(path.read_text())["meta"]
+            notes.append(f"{what} measured {meta['date'][:10]} on {meta['cpu']}, {meta['torch_threads']} threads, "
+                         f"torch {meta['torch']}.")
     return "\n".join(lines + notes) + "\n"
 
 
@@ -365,7 +406,7 @@ def write_report(runs: Path) -> None:
     for name, content in (("mnist-setup", setup_block()), ("mnist-headline", headline_block()),
                           ("mnist-per-sigma", per_sigma_block()), ("mnist-dds", dds_block()),
                           ("mnist-claims", claims_block()), ("mnist-cost", cost_block(training)),
-                          ("mnist-ablations", ablation_block())):
+                          ("mnist-ablations", ablation_block()), ("mnist-earlier-recipe", earlier_recipe_block())):
         document = replace_block(document, name, content)
     RESULTS_MD.write_text(document)
     print(f"report: {rel(RESULTS_MD)}")
