@@ -58,4 +58,10 @@ def test_demo_dry_run(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert [r["certify"]["sigma"] for r in plan["runs"]] == [0.12, 0.12, 0.25, 0.25, 0.5, 0.5]
     assert {r["certify"]["skip"] for r in plan["runs"]} == {5}  # both methods certify the same images
+    # rRCM as its authors train it: their pre-training schedules, and fine-tuning without clipping, the rate
+    # set once per epoch
+    rrcm = [r["train"] for r in plan["runs"] if r["method"] == "rrcm"]
+    assert all(t["lr_schedule"] == "epoch" and t["grad_clip"] is None for t in rrcm)
+    assert (plan["pretrain"]["ema_schedule"], plan["pretrain"]["curriculum"], plan["pretrain"]["symmetric"]) == (
+        "rrcm", "rrcm", True)
     assert not (tmp_path / "d").exists()

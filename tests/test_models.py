@@ -227,12 +227,15 @@ def test_eval_mode_is_deterministic(arch, kind):
 
 @pytest.mark.parametrize("arch,kind", [(a, CIFAR) for a in ARCHS if a != "cifar_resnet110"] + [("vit", DIGITS)])
 def test_every_parameter_gets_a_gradient(arch, kind):
-    # DDP needs every parameter in the graph (no find_unused_parameters).
+    # DDP needs every trainable parameter in the graph (no find_unused_parameters); the rRCM classifier's
+    # unused final LayerNorm is frozen
     model = make_model(arch, kind).train()
     loss = nn.functional.cross_entropy(model(pixels(kind)), torch.tensor([0, 1, 2, 3]))
     loss.backward()
-    missing = [name for name, p in model.named_parameters() if p.grad is None]
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == (["encoder.norm.weight", "encoder.norm.bias"] if arch == "rrcm_vit" else [])
 
 
 def test_vit_pieces_compose():

@@ -93,7 +93,7 @@ def _configs(plan: DemoPlan, out: Path, device: str):
         rrcm = TrainConfig(data="digits", arch="rrcm_vit", method="consistency", sigma=sigma,
                            epochs=plan.finetune_epochs, batch_size=plan.batch_size, optimizer="adamw",
                            lr=plan.finetune_lr, weight_decay=0.05, layer_decay=plan.layer_decay, lbd=plan.lbd,
-                           grad_clip=3.0, pretrained=str(encoder_path), device=device)
+                           lr_schedule="epoch", pretrained=str(encoder_path), device=device)  # the authors': no clipping
         runs.append(("gaussian", f"gaussian σ={sigma}", out / f"gaussian-sigma{sigma}", gaussian, settings))
         runs.append(("rrcm", f"rRCM σ={sigma}", out / f"rrcm-sigma{sigma}", rrcm, settings))
     return pretrain_cfg, runs
