@@ -11,7 +11,11 @@ Conventions:
   earlier one, is a `time_embed_dim`-wide sinusoid through Linear–SiLU–Linear, which at
   initialisation carries ~20× less signal about σ (RMS 0.03 against 0.71).
 - The attention's qkv projection has no bias (`qkv_bias=False`, the authors'; True is rrcm's earlier
-  model) and the cls token starts at N(0, 10⁻⁶²), as theirs.
+  model) and the cls token starts at N(0, 10⁻¹²) (standard deviation 10⁻⁶), as theirs.
+- Initialisation: Linear and patch-embedding weights trunc-normal(0.02), biases zero, as the project's
+  ViT. This is not the authors': their CIFAR-10 code leaves Linear layers at PyTorch's default
+  (Kaiming-uniform) initialisation, and their ImageNet pre-training uses MoCo v3's (`moco_v3_init`,
+  `rrcm pretrain --encoder-init moco-v3`). The classifier's head is trunc-normal(0.02) (theirs 2·10⁻⁵).
 - The pre-training feature is the cls token after the final LayerNorm. The classifier's head reads
   the cls token before it (`feature_norm=False`, the authors' CIFAR-10 fine-tuning, `layernorm=False`)
   or after it (`feature_norm=True`, their ImageNet fine-tuning and rrcm's earlier model).

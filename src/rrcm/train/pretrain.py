@@ -75,7 +75,7 @@ class PretrainConfig:
     crop_scale_min: float = 0.08
     blur: bool = True
     # The authors' ImageNet pre-training: MoCo v3's initialisation and the patch embedding frozen at it
-    # (their CIFAR-10 one: neither). "vit" is trunc-normal(0.02) weights (see the note in time_vit).
+    # (their CIFAR-10 one: neither). "vit" is trunc-normal(0.02) weights (see rrcm.models.time_vit's docstring).
     encoder_init: str = "vit"  # vit | moco-v3
     freeze_patch_embed: bool = False
     curriculum: str = "rrcm"  # rrcm (the authors': 43% of steps on 41 points, 57% on 81) | equal-stages
