@@ -143,6 +143,7 @@ def build_steps(runs: Path, data_root: str) -> list[Step]:
     finetune(f"ablation-brief-finetune-{tag}", ABLATION_SIGMA, encoder, *brief)
     finetune(f"ablation-brief-finetune-no-pretraining-{tag}", ABLATION_SIGMA, None, *brief)
     finetune(f"ablation-earlier-finetune-{tag}", ABLATION_SIGMA, encoder, *EARLIER_FINETUNE)
+    finetune(f"ablation-earlier-head-{tag}", ABLATION_SIGMA, encoder, *EARLIER_FINETUNE[:2])  # only the head's input
     for name, options in EARLIER_CHOICES:
         finetune(f"ablation-{name}-{tag}", ABLATION_SIGMA, pretrain(f"ablation-{name}-pretrain", *options))
     steps.append(Step("report", [], None))

@@ -53,6 +53,7 @@ ABLATIONS = (  # at sigma = 0.5, the authors' recipe
     ("no pre-training", "ablation-no-pretraining-s0.5"),
     ("rrcm's earlier fine-tuning (LayerNorm before the head, lr per step, clipping 3)",
      "ablation-earlier-finetune-s0.5"),
+    ("rrcm's earlier head input only (LayerNorm before the head)", "ablation-earlier-head-s0.5"),
     ("rrcm's earlier EMA schedule (logistic at half of training)", "ablation-earlier-ema-s0.5"),
     ("rrcm's earlier instance term (one direction, its own noise)", "ablation-earlier-instance-s0.5"),
     ("rrcm's earlier curriculum (a third of the steps on each grid)", "ablation-earlier-curriculum-s0.5"),

@@ -58,6 +58,8 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
         assert "--epochs" not in argv  # the full 30-epoch fine-tuning, as rRCM's
     argv = steps[names.index("ablation-earlier-finetune-s0.5")].argv  # rRCM's encoder, rrcm's earlier fine-tuning
     assert argv[argv.index("--pretrained") + 1].endswith("/rrcm-pretrain/encoder.safetensors")
+    head = steps[names.index("ablation-earlier-head-s0.5")].argv  # and only its first part
+    assert head[head.index("--arch-option") + 1] == "feature_norm=true" and "--lr-schedule" not in head
     start = argv.index("--arch-option")
     assert argv[start:start + 6] == ["--arch-option", "feature_norm=true", "--lr-schedule", "step", "--grad-clip", "3.0"]
 
