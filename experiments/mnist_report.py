@@ -253,6 +253,8 @@ def earlier_recipe_block() -> str:
     rows = [(sigma, "rRCM", f"rrcm-s{sigma}", "rRCM, earlier recipe", f"{EARLIER}rrcm-s{sigma}", 1)
             for sigma in SIGMAS]
     rows += [("0.5", "rRCM, 3 epochs", BRIEF_FINETUNE, "rRCM, earlier recipe, 3 epochs", EARLIER + BRIEF_FINETUNE, 1),
+             ("0.5", "3 epochs, no pre-training", "ablation-brief-finetune-no-pretraining-s0.5",
+              "3 epochs, no pre-training, earlier recipe", EARLIER + "ablation-brief-finetune-no-pretraining-s0.5", 1),
              ("0.5", "no pre-training", "ablation-no-pretraining-s0.5", "no pre-training, earlier recipe",
               EARLIER + "ablation-no-pretraining-s0.5", 1)]
     lines = difference_table(rows)
