@@ -67,18 +67,37 @@ def test_steps_cover_every_method_and_sigma_with_the_issue_settings(study, tmp_p
 def test_a_training_whose_outputs_are_all_certified_is_not_run_again(study, tmp_path):
     mnist, _ = study
     steps = {s.name: s for s in mnist.build_steps(tmp_path, "/data/mnist")}
+    (tmp_path / "logs").mkdir()
+    for step in steps.values():  # every log and result in tmp_path, none written: not the study's own files
+        if step.log is not None:
+            step.log = tmp_path / "logs" / step.log.name
+        elif step.done_file is not None and mnist.RESULTS in step.done_file.parents:
+            step.done_file = tmp_path / "logs" / step.done_file.name
+
+    def write_log(step, complete):
+        step.log.write_text("")
+        step.log.with_name(step.log.name + ".json").write_text(json.dumps({"complete": complete}))
+
     train, certify = steps["vit-gaussian-s0.5"], steps["certify:vit-gaussian-s0.5"]
     assert train.consumers == [certify]
-    certify.log = tmp_path / "logs" / "vit-gaussian-s0.5.tsv"  # not the study's own log
     assert not mnist.is_done(train)
-    certify.log.parent.mkdir()
-    certify.log.write_text("")
-    certify.log.with_name(certify.log.name + ".json").write_text(json.dumps({"complete": False}))
+    write_log(certify, complete=False)
     assert not mnist.is_done(train)  # its log is not finished: train it (or find its checkpoint)
-    certify.log.with_name(certify.log.name + ".json").write_text(json.dumps({"complete": True}))
+    write_log(certify, complete=True)
     assert mnist.is_done(train) and not train.done_file.exists()
-    # the pre-training is needed while any of its fine-tunings is
-    assert not mnist.is_done(steps["rrcm-pretrain"]) and steps["rrcm-s0.5"] in steps["rrcm-pretrain"].consumers
+    # the pre-training is needed while any of its fine-tunings is, and not once all their logs are complete
+    pretrain = steps["rrcm-pretrain"]
+    finetunings = pretrain.consumers
+    assert steps["rrcm-s0.5"] in finetunings and steps["ablation-earlier-head-s0.5"] in finetunings
+    def finish(finetuning):  # its certification, and the cost measured on its checkpoint (rrcm-s0.25)
+        for consumer in finetuning.consumers:
+            write_log(consumer, complete=True) if consumer.log else consumer.done_file.write_text("{}")
+
+    for finetuning in finetunings[:-1]:
+        finish(finetuning)
+    assert not mnist.is_done(pretrain)
+    finish(finetunings[-1])
+    assert mnist.is_done(pretrain) and not pretrain.done_file.exists()
 
 
 def test_training_steps_resolve_with_the_cli(study, tmp_path, shared_dir, capsys):
