@@ -89,9 +89,13 @@ def test_a_training_whose_outputs_are_all_certified_is_not_run_again(study, tmp_
     pretrain = steps["rrcm-pretrain"]
     finetunings = pretrain.consumers
     assert steps["rrcm-s0.5"] in finetunings and steps["ablation-earlier-head-s0.5"] in finetunings
-    def finish(finetuning):  # its certification, and the cost measured on its checkpoint (rrcm-s0.25)
+
+    def finish(finetuning):  # its certification's log, and the cost measured on its checkpoint (rrcm-s0.25)
         for consumer in finetuning.consumers:
-            write_log(consumer, complete=True) if consumer.log else consumer.done_file.write_text("{}")
+            if consumer.log is not None:
+                write_log(consumer, complete=True)
+            else:
+                consumer.done_file.write_text("{}")
 
     for finetuning in finetunings[:-1]:
         finish(finetuning)
